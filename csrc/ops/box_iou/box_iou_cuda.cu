@@ -1,0 +1,258 @@
+// CUDA kernels of the box IoU family. Pairwise forward writes the N x M output once, one
+// coalesced store per element; backward reduces rows in a block and columns per thread,
+// so every gradient has one writer (deterministic, no atomics).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../../kernels/box_math.h"
+#include "box_iou.h"
+
+namespace fastmtl {
+namespace {
+
+using box::Box;
+
+constexpr int kThreads = 256;
+constexpr int kRowsPerBlock = 4;  // each thread reuses its boxes2 entry for this many rows
+
+int64_t blocks_for(int64_t n, int64_t per_block) { return (n + per_block - 1) / per_block; }
+
+template <typename scalar_t, int V>
+__global__ void pairwise_forward_kernel(const scalar_t* __restrict__ b1, const scalar_t* __restrict__ b2,
+                                        int64_t n, int64_t m, at::opmath_type<scalar_t> eps,
+                                        at::opmath_type<scalar_t>* __restrict__ out) {
+  using T = at::opmath_type<scalar_t>;
+  // Rows on grid x (up to 2^31 blocks), columns on grid y (up to 65535 blocks).
+  const int64_t j = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= m) return;
+  const Box<T> b = box::load_box<T>(b2 + 4 * j);
+  const T area_b = box::area(b);
+  const int64_t i0 = blockIdx.x * static_cast<int64_t>(kRowsPerBlock);
+  const int64_t i1 = i0 + kRowsPerBlock < n ? i0 + kRowsPerBlock : n;
+  for (int64_t i = i0; i < i1; ++i) {
+    const Box<T> a = box::load_box<T>(b1 + 4 * i);
+    out[i * m + j] = box::pair_value<V>(a, b, box::area(a), area_b, eps, T(0));
+  }
+}
+
+template <typename T>
+__device__ T block_sum(T v, T* shared) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  T total = T(0);
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
+  return total;  // valid in thread 0
+}
+
+// One block per row i: grad_boxes1[i] = sum_j g[i, j] * d value(i, j) / d boxes1[i].
+template <typename scalar_t, int V>
+__global__ void pairwise_backward_rows_kernel(const at::opmath_type<scalar_t>* __restrict__ g,
+                                              const scalar_t* __restrict__ b1,
+                                              const scalar_t* __restrict__ b2, int64_t m,
+                                              at::opmath_type<scalar_t> eps, scalar_t* __restrict__ g1) {
+  using T = at::opmath_type<scalar_t>;
+  __shared__ T shared[kThreads / 32];
+  const int64_t i = blockIdx.x;
+  const Box<T> a = box::load_box<T>(b1 + 4 * i);
+  Box<T> acc{T(0), T(0), T(0), T(0)}, ga, gb;
+  for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
+    box::pair_grad<V>(a, box::load_box<T>(b2 + 4 * j), g[i * m + j], eps, T(0), ga, gb);
+    acc.x1 += ga.x1; acc.y1 += ga.y1; acc.x2 += ga.x2; acc.y2 += ga.y2;
+  }
+  const T s[4] = {block_sum(acc.x1, shared), block_sum(acc.y1, shared), block_sum(acc.x2, shared),
+                  block_sum(acc.y2, shared)};
+  if (threadIdx.x == 0)
+    for (int k = 0; k < 4; ++k) g1[4 * i + k] = static_cast<scalar_t>(s[k]);
+}
+
+// One thread per column j; reads of g are coalesced across the warp at each row.
+template <typename scalar_t, int V>
+__global__ void pairwise_backward_cols_kernel(const at::opmath_type<scalar_t>* __restrict__ g,
+                                              const scalar_t* __restrict__ b1,
+                                              const scalar_t* __restrict__ b2, int64_t n, int64_t m,
+                                              at::opmath_type<scalar_t> eps, scalar_t* __restrict__ g2) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= m) return;
+  const Box<T> b = box::load_box<T>(b2 + 4 * j);
+  Box<T> acc{T(0), T(0), T(0), T(0)}, ga, gb;
+  for (int64_t i = 0; i < n; ++i) {
+    box::pair_grad<V>(box::load_box<T>(b1 + 4 * i), b, g[i * m + j], eps, T(0), ga, gb);
+    acc.x1 += gb.x1; acc.y1 += gb.y1; acc.x2 += gb.x2; acc.y2 += gb.y2;
+  }
+  g2[4 * j] = static_cast<scalar_t>(acc.x1);
+  g2[4 * j + 1] = static_cast<scalar_t>(acc.y1);
+  g2[4 * j + 2] = static_cast<scalar_t>(acc.x2);
+  g2[4 * j + 3] = static_cast<scalar_t>(acc.y2);
+}
+
+template <typename scalar_t, int V>
+__global__ void aligned_forward_kernel(const scalar_t* __restrict__ b1, const scalar_t* __restrict__ b2,
+                                       int64_t n, at::opmath_type<scalar_t> eps, scalar_t* __restrict__ out) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  out[i] = static_cast<scalar_t>(
+      box::pair_value<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), eps, eps));
+}
+
+template <typename scalar_t, int V>
+__global__ void aligned_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ b1,
+                                        const scalar_t* __restrict__ b2, int64_t n,
+                                        at::opmath_type<scalar_t> eps, scalar_t* __restrict__ g1,
+                                        scalar_t* __restrict__ g2) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  Box<T> ga, gb;
+  box::pair_grad<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), static_cast<T>(g[i]), eps,
+                    eps, ga, gb);
+  const T a4[4] = {ga.x1, ga.y1, ga.x2, ga.y2}, b4[4] = {gb.x1, gb.y1, gb.x2, gb.y2};
+  for (int k = 0; k < 4; ++k) {
+    g1[4 * i + k] = static_cast<scalar_t>(a4[k]);
+    g2[4 * i + k] = static_cast<scalar_t>(b4[k]);
+  }
+}
+
+// Launchers are templates so that no <<<>>> sits inside an AT_DISPATCH lambda.
+template <typename scalar_t, int V>
+void launch_pairwise_forward(const at::Tensor& b1, const at::Tensor& b2, double eps, at::Tensor& out) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t n = b1.size(0), m = b2.size(0);
+  const dim3 grid(blocks_for(n, kRowsPerBlock), blocks_for(m, kThreads));
+  pairwise_forward_kernel<scalar_t, V><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m, static_cast<T>(eps),
+      out.mutable_data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int V>
+void launch_pairwise_backward(const at::Tensor& g, const at::Tensor& b1, const at::Tensor& b2, double eps,
+                              at::Tensor& g1, at::Tensor& g2) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t n = b1.size(0), m = b2.size(0);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  pairwise_backward_rows_kernel<scalar_t, V><<<n, kThreads, 0, stream>>>(
+      g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), m,
+      static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  pairwise_backward_cols_kernel<scalar_t, V><<<blocks_for(m, kThreads), kThreads, 0, stream>>>(
+      g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m,
+      static_cast<T>(eps), g2.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int V>
+void launch_aligned_forward(const at::Tensor& b1, const at::Tensor& b2, double eps, at::Tensor& out) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t n = b1.size(0);
+  aligned_forward_kernel<scalar_t, V><<<blocks_for(n, kThreads), kThreads, 0,
+                                        c10::cuda::getCurrentCUDAStream()>>>(
+      b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, static_cast<T>(eps),
+      out.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int V>
+void launch_aligned_backward(const at::Tensor& g, const at::Tensor& b1, const at::Tensor& b2, double eps,
+                             at::Tensor& g1, at::Tensor& g2) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t n = b1.size(0);
+  aligned_backward_kernel<scalar_t, V><<<blocks_for(n, kThreads), kThreads, 0,
+                                         c10::cuda::getCurrentCUDAStream()>>>(
+      g.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n,
+      static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>(), g2.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+#define FASTMTL_DISPATCH_BOXES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+at::Tensor pairwise_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
+                                 double eps) {
+  check_box_iou_args(boxes1, boxes2, variant, eps, false);
+  const c10::cuda::CUDAGuard guard(boxes1.device());
+  auto out = at::empty({boxes1.size(0), boxes2.size(0)},
+                       boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
+  if (out.numel() == 0) return out;
+  const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
+  FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "pairwise_box_iou_cuda", [&] {
+    box::dispatch_variant(variant, [&](auto v) {
+      launch_pairwise_forward<scalar_t, decltype(v)::value>(b1, b2, eps, out);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> pairwise_box_iou_backward_cuda(const at::Tensor& grad,
+                                                                  const at::Tensor& boxes1,
+                                                                  const at::Tensor& boxes2,
+                                                                  int64_t variant, double eps) {
+  check_box_iou_args(boxes1, boxes2, variant, eps, false);
+  check_box_iou_grad(grad, boxes1, boxes2, false);
+  const c10::cuda::CUDAGuard guard(boxes1.device());
+  const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous(), g = grad.contiguous();
+  auto g1 = at::empty_like(b1), g2 = at::empty_like(b2);
+  if (b1.size(0) == 0 || b2.size(0) == 0) return {g1.zero_(), g2.zero_()};
+  FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "pairwise_box_iou_backward_cuda", [&] {
+    box::dispatch_variant(variant, [&](auto v) {
+      launch_pairwise_backward<scalar_t, decltype(v)::value>(g, b1, b2, eps, g1, g2);
+    });
+  });
+  return {g1, g2};
+}
+
+at::Tensor aligned_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
+                                double eps) {
+  check_box_iou_args(boxes1, boxes2, variant, eps, true);
+  const c10::cuda::CUDAGuard guard(boxes1.device());
+  auto out = at::empty({boxes1.size(0)}, boxes1.options());
+  if (out.numel() == 0) return out;
+  const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
+  FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "aligned_box_iou_cuda", [&] {
+    box::dispatch_variant(variant, [&](auto v) {
+      launch_aligned_forward<scalar_t, decltype(v)::value>(b1, b2, eps, out);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> aligned_box_iou_backward_cuda(const at::Tensor& grad,
+                                                                 const at::Tensor& boxes1,
+                                                                 const at::Tensor& boxes2,
+                                                                 int64_t variant, double eps) {
+  check_box_iou_args(boxes1, boxes2, variant, eps, true);
+  check_box_iou_grad(grad, boxes1, boxes2, true);
+  const c10::cuda::CUDAGuard guard(boxes1.device());
+  const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous(), g = grad.contiguous();
+  auto g1 = at::empty_like(b1), g2 = at::empty_like(b2);
+  if (b1.size(0) == 0) return {g1, g2};
+  FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "aligned_box_iou_backward_cuda", [&] {
+    box::dispatch_variant(variant, [&](auto v) {
+      launch_aligned_backward<scalar_t, decltype(v)::value>(g, b1, b2, eps, g1, g2);
+    });
+  });
+  return {g1, g2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
+  m.impl("pairwise_box_iou", &pairwise_box_iou_cuda);
+  m.impl("_pairwise_box_iou_backward", &pairwise_box_iou_backward_cuda);
+  m.impl("aligned_box_iou", &aligned_box_iou_cuda);
+  m.impl("_aligned_box_iou_backward", &aligned_box_iou_backward_cuda);
+}
+
+}  // namespace fastmtl

@@ -1,0 +1,36 @@
+"""fastmtl.ops: compiled ops with the same calls as their torchvision counterparts."""
+
+from fastmtl.ops.box_iou import (
+    aligned_box_iou,
+    box_iou,
+    complete_box_iou,
+    distance_box_iou,
+    generalized_box_iou,
+)
+from fastmtl.ops.box_iou_loss import (
+    ciou_loss,
+    complete_box_iou_loss,
+    diou_loss,
+    distance_box_iou_loss,
+    generalized_box_iou_loss,
+    giou_loss,
+    iou_loss,
+)
+from fastmtl.ops.boxes import box_area, box_convert
+
+__all__ = [
+    "aligned_box_iou",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "ciou_loss",
+    "complete_box_iou",
+    "complete_box_iou_loss",
+    "diou_loss",
+    "distance_box_iou",
+    "distance_box_iou_loss",
+    "generalized_box_iou",
+    "generalized_box_iou_loss",
+    "giou_loss",
+    "iou_loss",
+]

@@ -1,0 +1,17 @@
+"""Reduction of per-element losses, shared by every loss."""
+
+from torch import Tensor
+
+from fastmtl.ops._checks import check_reduction
+
+__all__ = ["reduce_loss"]
+
+
+def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
+    """``"none"``, ``"sum"`` or ``"mean"``; the mean of no elements is 0 (not NaN), as in torchvision."""
+    check_reduction(reduction)
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean() if loss.numel() > 0 else 0.0 * loss.sum()
+    return loss

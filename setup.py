@@ -1,0 +1,101 @@
+"""Builds fastmtl and its compiled extension fastmtl._C.
+
+CPU kernels are always built. CUDA kernels are built when torch has CUDA and nvcc is
+found, or when FORCE_CUDA=1; FASTMTL_CPU_ONLY=1 turns them off. Build against the torch
+already installed: ``pip install --no-build-isolation -e .``
+"""
+
+import glob
+import os
+import re
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _prefer_real_cuda_home() -> None:
+    # /usr/local/bin/nvcc can be a wrapper script, which makes torch guess CUDA_HOME=/usr/local
+    # and fail at link time on -lcudart. Point torch at the toolkit itself before it looks.
+    if "CUDA_HOME" in os.environ or "CUDA_PATH" in os.environ:
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = ["/usr/local/cuda"]
+    if nvcc:
+        candidates.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.isdir(os.path.join(home, "lib64")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_prefer_real_cuda_home()
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+
+def _want_cuda() -> bool:
+    if _flag("FASTMTL_CPU_ONLY"):
+        return False
+    # Decide from torch's own build, not from nvcc alone: a CPU-only torch cannot build CUDA.
+    if torch.version.cuda is None:
+        if _flag("FORCE_CUDA"):
+            sys.exit("FORCE_CUDA=1 but the installed torch has no CUDA support")
+        return False
+    if cpp_extension.CUDA_HOME is None:
+        if _flag("FORCE_CUDA"):
+            sys.exit("FORCE_CUDA=1 but nvcc was not found: set CUDA_HOME")
+        return False
+    return True
+
+
+def _nvidia_wheel_includes() -> list:
+    # torch's nvidia-* wheels carry the CUDA library headers that a bare toolkit may lack.
+    found = []
+    for base in sys.path:
+        found += glob.glob(os.path.join(base, "nvidia", "cu*", "include"))
+    return sorted(set(found))
+
+
+def _extension():
+    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    cxx = ["-O3", "-g0", "-fvisibility=hidden"]
+    if not _want_cuda():
+        return cpp_extension.CppExtension("fastmtl._C", sources, extra_compile_args={"cxx": cxx})
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # no GPU to ask: build for the H100
+    sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
+    nvcc = ["-O3", "--expt-relaxed-constexpr"]
+    for inc in _nvidia_wheel_includes():
+        nvcc += ["-isystem", inc]
+        cxx += ["-isystem", inc]
+    return cpp_extension.CUDAExtension(
+        "fastmtl._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}
+    )
+
+
+def _version() -> str:
+    with open(os.path.join(ROOT, "fastmtl", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+setup(
+    name="fastmtl",
+    version=_version(),
+    description="Fast C++/CUDA kernels for detection, Siamese, style-transfer and multi-task learning in PyTorch",
+    packages=find_packages(include=["fastmtl", "fastmtl.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={"test": ["pytest", "pytest-benchmark", "torchvision"]},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["fastmtl=fastmtl.cli:main"]},
+    zip_safe=False,
+)
