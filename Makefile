@@ -1,0 +1,46 @@
+# Two commands for a fresh machine (Python 3.9+ with venv; a C++ compiler):
+#   make bench   set up .venv, build fastmtl, print the benchmark table (the main job)
+#   make test    set up .venv, build fastmtl, run the tests
+# CUDA kernels are built when torch has CUDA and nvcc is found (FORCE_CUDA=1 insists,
+# FASTMTL_CPU_ONLY=1 skips them).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PIP := $(VENV)/bin/pip
+PY := $(VENV)/bin/python
+SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cuh' -o -name '*.cu')
+# ccache's compiler links, when installed, make rebuilds from a clean clone fast.
+CCACHE_PATH := $(if $(wildcard /usr/lib/ccache),/usr/lib/ccache:,)
+
+.PHONY: test bench build lint cmake clean
+
+test: $(VENV)/.built
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.built
+	$(VENV)/bin/fastmtl bench
+
+build: $(VENV)/.built
+
+$(VENV)/.deps:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC) ninja numpy pytest pytest-benchmark ruff setuptools wheel
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	PATH="$(CCACHE_PATH)$$PATH" MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation -e .
+	touch $@
+
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check fastmtl tests benchmarks setup.py
+	$(VENV)/bin/ruff format --check fastmtl tests benchmarks setup.py
+
+# The same ops as a C++ shared library (build-cmake/libfastmtl_ops.so) for C++ users.
+cmake: $(VENV)/.deps
+	$(PIP) install -q cmake
+	PATH="$(VENV)/bin:$$PATH" $(PY) tools/cmake_build.py
+
+clean:
+	rm -rf build build-cmake fastmtl/_C*.so *.egg-info $(VENV)/.built
