@@ -66,9 +66,15 @@ def _nvidia_wheel_includes() -> list:
 
 def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
-    cxx = ["-O3", "-g0", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is an inline OpenMP loop, serial without it (libgomp is the
+    # one torch already loaded). -fno-trapping-math lets GCC turn the box-math ternaries
+    # into vector selects.
+    cxx = ["-O3", "-g0", "-fvisibility=hidden", "-fopenmp", "-fno-trapping-math"]
+    link = ["-fopenmp"]
     if not _want_cuda():
-        return cpp_extension.CppExtension("fastmtl._C", sources, extra_compile_args={"cxx": cxx})
+        return cpp_extension.CppExtension(
+            "fastmtl._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        )
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # no GPU to ask: build for the H100
     sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
@@ -77,7 +83,7 @@ def _extension():
         nvcc += ["-isystem", inc]
         cxx += ["-isystem", inc]
     return cpp_extension.CUDAExtension(
-        "fastmtl._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}
+        "fastmtl._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link
     )
 
 

@@ -17,6 +17,9 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FASTMTL_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Forced: the CPU inner loops vectorize only when the whole pair computation is inlined.
+#define FASTMTL_HD inline __attribute__((always_inline))
 #else
 #define FASTMTL_HD inline
 #endif
@@ -45,24 +48,46 @@ FASTMTL_HD T min2(T a, T b) { return a < b ? a : b; }
 template <typename T>
 FASTMTL_HD T area(const Box<T>& b) { return (b.x2 - b.x1) * (b.y2 - b.y1); }
 
-FASTMTL_HD float atan_(float x) { return atanf(x); }
+// float arctangent written with selects only, so CPU loops that call it still vectorize
+// (libm's atanf is a scalar call). Range reduction to |x| <= tan(pi/8) with the offsets
+// pi/2 and pi/4, then an odd polynomial; max error about 2 ulp, inf -> pi/2, NaN -> NaN.
+FASTMTL_HD float atan_(float x) {
+  const float ax = x < 0.f ? -x : x;
+  const bool big = ax > 2.414213562f, mid = ax > 0.414213562f;
+  const float r = big ? -1.f / ax : (mid ? (ax - 1.f) / (ax + 1.f) : ax);
+  const float base = big ? 1.570796327f : (mid ? 0.785398163f : 0.f);
+  const float z = r * r;
+  const float p = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z -
+                   3.33329491539e-1f) * z * r + r;
+  const float y = base + p;
+  return x < 0.f ? -y : y;
+}
 FASTMTL_HD double atan_(double x) { return atan(x); }
-
-// Aspect-ratio term of CIoU without its 4/pi^2 factor: atan(wa/ha) - atan(wb/hb).
-template <typename T>
-FASTMTL_HD T aspect_diff(T wa, T ha, T wb, T hb) { return atan_(wa / ha) - atan_(wb / hb); }
 
 template <typename T>
 FASTMTL_HD T ciou_k() { return T(0.40528473456935108578); }  // 4 / pi^2
 
-// Value of variant V for one pair; area_a and area_b are passed in so that the pairwise
-// CPU kernel can precompute them once per box.
+// Per-box values that the pairwise kernels compute once per box, not once per pair.
+template <typename T>
+struct BoxStats {
+  T area;
+  T aspect;  // atan(w / h), the CIoU shape term
+};
+
+template <typename T>
+FASTMTL_HD BoxStats<T> box_stats(const Box<T>& b) {
+  return {area(b), atan_((b.x2 - b.x1) / (b.y2 - b.y1))};
+}
+
+// Value of variant V for one pair. Unused stats (the aspect outside CIoU) cost nothing once
+// inlined.
 template <int V, typename T>
-FASTMTL_HD T pair_value(const Box<T>& a, const Box<T>& b, T area_a, T area_b, T eps, T union_eps) {
+FASTMTL_HD T pair_value(const Box<T>& a, const Box<T>& b, const BoxStats<T>& sa, const BoxStats<T>& sb,
+                        T eps, T union_eps) {
   const T iw = max2(min2(a.x2, b.x2) - max2(a.x1, b.x1), T(0));
   const T ih = max2(min2(a.y2, b.y2) - max2(a.y1, b.y1), T(0));
   const T inter = iw * ih;
-  const T uni = area_a + area_b - inter;
+  const T uni = sa.area + sb.area - inter;
   const T iou = inter / (uni + union_eps);
   if constexpr (V == kIoU) return iou;
   const T cw = max2(max2(a.x2, b.x2) - min2(a.x1, b.x1), T(0));
@@ -75,7 +100,7 @@ FASTMTL_HD T pair_value(const Box<T>& a, const Box<T>& b, T area_a, T area_b, T 
   const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
   const T diou = iou - (dx * dx + dy * dy) / (cw * cw + ch * ch + eps);
   if constexpr (V == kDIoU) return diou;
-  const T t = aspect_diff(a.x2 - a.x1, a.y2 - a.y1, b.x2 - b.x1, b.y2 - b.y1);
+  const T t = sa.aspect - sb.aspect;
   const T v = ciou_k<T>() * t * t;
   const T alpha = v / (T(1) - iou + v + eps);
   return diou - alpha * v;
@@ -83,7 +108,7 @@ FASTMTL_HD T pair_value(const Box<T>& a, const Box<T>& b, T area_a, T area_b, T 
 
 template <int V, typename T>
 FASTMTL_HD T pair_value(const Box<T>& a, const Box<T>& b, T eps, T union_eps) {
-  return pair_value<V>(a, b, area(a), area(b), eps, union_eps);
+  return pair_value<V>(a, b, box_stats(a), box_stats(b), eps, union_eps);
 }
 
 // Gradient of y = min(p, q) (sign = +1) or max(p, q) (sign = -1) split as torch does:
@@ -98,8 +123,8 @@ FASTMTL_HD void minmax_grad(T p, T q, T g, bool is_min, T& gp, T& gq) {
 // d(variant V of the pair)/d(coordinates) times the incoming gradient g, written into ga, gb.
 // Recomputes the forward intermediates: backward needs only the boxes.
 template <int V, typename T>
-FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, T g, T eps, T union_eps,
-                          Box<T>& ga, Box<T>& gb) {
+FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, const BoxStats<T>& sa, const BoxStats<T>& sb,
+                          T g, T eps, T union_eps, Box<T>& ga, Box<T>& gb) {
   ga = {T(0), T(0), T(0), T(0)};
   gb = {T(0), T(0), T(0), T(0)};
   const T wa = a.x2 - a.x1, ha = a.y2 - a.y1, wb = b.x2 - b.x1, hb = b.y2 - b.y1;
@@ -107,7 +132,7 @@ FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, T g, T eps, T union_
   const T ih_raw = min2(a.y2, b.y2) - max2(a.y1, b.y1);
   const T iw = max2(iw_raw, T(0)), ih = max2(ih_raw, T(0));
   const T inter = iw * ih;
-  const T uni = wa * ha + wb * hb - inter;
+  const T uni = sa.area + sb.area - inter;
   const T ud = uni + union_eps;
   const T iou = inter / ud;
   const T cw_raw = max2(a.x2, b.x2) - min2(a.x1, b.x1);
@@ -136,7 +161,7 @@ FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, T g, T eps, T union_
     ga.y1 += g_dy; ga.y2 += g_dy; gb.y1 -= g_dy; gb.y2 -= g_dy;
   }
   if constexpr (V == kCIoU) {
-    const T t = aspect_diff(wa, ha, wb, hb);
+    const T t = sa.aspect - sb.aspect;
     const T v = ciou_k<T>() * t * t;
     const T alpha = v / (T(1) - iou + v + eps);
     const T g_t = -g * alpha * T(2) * ciou_k<T>() * t;
@@ -152,24 +177,27 @@ FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, T g, T eps, T union_
   g_wa += g_uni * ha; g_ha += g_uni * wa;
   g_wb += g_uni * hb; g_hb += g_uni * wb;
   // inter = iw * ih, zero gradient where the boxes do not overlap
-  const T g_iw = (iw_raw > T(0) && ih_raw > T(0)) ? g_inter * ih : T(0);
-  const T g_ih = (iw_raw > T(0) && ih_raw > T(0)) ? g_inter * iw : T(0);
+  const T g_overlap = (iw_raw > T(0)) & (ih_raw > T(0)) ? g_inter : T(0);
+  const T g_iw = g_overlap * ih, g_ih = g_overlap * iw;
   minmax_grad(a.x2, b.x2, g_iw, true, ga.x2, gb.x2);
   minmax_grad(a.x1, b.x1, -g_iw, false, ga.x1, gb.x1);
   minmax_grad(a.y2, b.y2, g_ih, true, ga.y2, gb.y2);
   minmax_grad(a.y1, b.y1, -g_ih, false, ga.y1, gb.y1);
-  // enclosing box
-  if (cw_raw >= T(0)) {
-    minmax_grad(a.x2, b.x2, g_cw, false, ga.x2, gb.x2);
-    minmax_grad(a.x1, b.x1, -g_cw, true, ga.x1, gb.x1);
-  }
-  if (ch_raw >= T(0)) {
-    minmax_grad(a.y2, b.y2, g_ch, false, ga.y2, gb.y2);
-    minmax_grad(a.y1, b.y1, -g_ch, true, ga.y1, gb.y1);
-  }
+  // enclosing box (selects, not branches, so CPU loops over pairs vectorize)
+  g_cw = cw_raw >= T(0) ? g_cw : T(0);
+  g_ch = ch_raw >= T(0) ? g_ch : T(0);
+  minmax_grad(a.x2, b.x2, g_cw, false, ga.x2, gb.x2);
+  minmax_grad(a.x1, b.x1, -g_cw, true, ga.x1, gb.x1);
+  minmax_grad(a.y2, b.y2, g_ch, false, ga.y2, gb.y2);
+  minmax_grad(a.y1, b.y1, -g_ch, true, ga.y1, gb.y1);
   // widths and heights
   ga.x2 += g_wa; ga.x1 -= g_wa; ga.y2 += g_ha; ga.y1 -= g_ha;
   gb.x2 += g_wb; gb.x1 -= g_wb; gb.y2 += g_hb; gb.y1 -= g_hb;
+}
+
+template <int V, typename T>
+FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, T g, T eps, T union_eps, Box<T>& ga, Box<T>& gb) {
+  pair_grad<V>(a, b, box_stats(a), box_stats(b), g, eps, union_eps, ga, gb);
 }
 
 // Calls f(std::integral_constant<int, V>{}) with V the variant as a compile-time constant,

@@ -33,12 +33,12 @@ __global__ void pairwise_forward_kernel(const scalar_t* __restrict__ b1, const s
   const int64_t j = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= m) return;
   const Box<T> b = box::load_box<T>(b2 + 4 * j);
-  const T area_b = box::area(b);
+  const box::BoxStats<T> sb = box::box_stats(b);
   const int64_t i0 = blockIdx.x * static_cast<int64_t>(kRowsPerBlock);
   const int64_t i1 = i0 + kRowsPerBlock < n ? i0 + kRowsPerBlock : n;
   for (int64_t i = i0; i < i1; ++i) {
     const Box<T> a = box::load_box<T>(b1 + 4 * i);
-    out[i * m + j] = box::pair_value<V>(a, b, box::area(a), area_b, eps, T(0));
+    out[i * m + j] = box::pair_value<V>(a, b, box::box_stats(a), sb, eps, T(0));
   }
 }
 
