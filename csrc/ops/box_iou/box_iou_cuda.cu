@@ -1,6 +1,6 @@
 // CUDA kernels of the box IoU family. Pairwise forward writes the N x M output once, one
-// coalesced store per element; backward reduces rows in a block and columns per thread,
-// so every gradient has one writer (deterministic, no atomics).
+// coalesced store per element. Backward reduces each row in a block, and each column over a
+// fixed number of row parts summed in order: no atomics, deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -11,6 +11,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../../kernels/box_math.h"
 #include "box_iou.h"
 
@@ -20,7 +22,8 @@ namespace {
 using box::Box;
 
 constexpr int kThreads = 256;
-constexpr int kRowsPerBlock = 4;  // each thread reuses its boxes2 entry for this many rows
+constexpr int kRowsPerBlock = 16;  // each thread reuses its boxes2 entry for this many rows
+constexpr int64_t kGradParts = 64;  // row parts of the column gradient, summed in a fixed order
 
 int64_t blocks_for(int64_t n, int64_t per_block) { return (n + per_block - 1) / per_block; }
 
@@ -65,9 +68,11 @@ __global__ void pairwise_backward_rows_kernel(const at::opmath_type<scalar_t>* _
   __shared__ T shared[kThreads / 32];
   const int64_t i = blockIdx.x;
   const Box<T> a = box::load_box<T>(b1 + 4 * i);
+  const box::BoxStats<T> sa = box::box_stats(a);
   Box<T> acc{T(0), T(0), T(0), T(0)}, ga, gb;
   for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
-    box::pair_grad<V>(a, box::load_box<T>(b2 + 4 * j), g[i * m + j], eps, T(0), ga, gb);
+    const Box<T> b = box::load_box<T>(b2 + 4 * j);
+    box::pair_grad<V>(a, b, sa, box::box_stats(b), g[i * m + j], eps, T(0), ga, gb);
     acc.x1 += ga.x1; acc.y1 += ga.y1; acc.x2 += ga.x2; acc.y2 += ga.y2;
   }
   const T s[4] = {block_sum(acc.x1, shared), block_sum(acc.y1, shared), block_sum(acc.x2, shared),
@@ -76,25 +81,41 @@ __global__ void pairwise_backward_rows_kernel(const at::opmath_type<scalar_t>* _
     for (int k = 0; k < 4; ++k) g1[4 * i + k] = static_cast<scalar_t>(s[k]);
 }
 
-// One thread per column j; reads of g are coalesced across the warp at each row.
+// Thread (j, part p) sums column j over the rows of part p into partial[p][k][j]; reads of g
+// are coalesced across the warp at each row.
 template <typename scalar_t, int V>
 __global__ void pairwise_backward_cols_kernel(const at::opmath_type<scalar_t>* __restrict__ g,
                                               const scalar_t* __restrict__ b1,
                                               const scalar_t* __restrict__ b2, int64_t n, int64_t m,
-                                              at::opmath_type<scalar_t> eps, scalar_t* __restrict__ g2) {
+                                              int64_t parts, at::opmath_type<scalar_t> eps,
+                                              at::opmath_type<scalar_t>* __restrict__ partial) {
   using T = at::opmath_type<scalar_t>;
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= m) return;
+  const int64_t p = blockIdx.y;
   const Box<T> b = box::load_box<T>(b2 + 4 * j);
+  const box::BoxStats<T> sb = box::box_stats(b);
   Box<T> acc{T(0), T(0), T(0), T(0)}, ga, gb;
-  for (int64_t i = 0; i < n; ++i) {
-    box::pair_grad<V>(box::load_box<T>(b1 + 4 * i), b, g[i * m + j], eps, T(0), ga, gb);
+  for (int64_t i = p * n / parts; i < (p + 1) * n / parts; ++i) {
+    const Box<T> a = box::load_box<T>(b1 + 4 * i);
+    box::pair_grad<V>(a, b, box::box_stats(a), sb, g[i * m + j], eps, T(0), ga, gb);
     acc.x1 += gb.x1; acc.y1 += gb.y1; acc.x2 += gb.x2; acc.y2 += gb.y2;
   }
-  g2[4 * j] = static_cast<scalar_t>(acc.x1);
-  g2[4 * j + 1] = static_cast<scalar_t>(acc.y1);
-  g2[4 * j + 2] = static_cast<scalar_t>(acc.x2);
-  g2[4 * j + 3] = static_cast<scalar_t>(acc.y2);
+  T* out = partial + p * 4 * m + j;
+  out[0] = acc.x1; out[m] = acc.y1; out[2 * m] = acc.x2; out[3 * m] = acc.y2;
+}
+
+template <typename scalar_t>
+__global__ void sum_parts_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, int64_t m,
+                                 int64_t parts, scalar_t* __restrict__ g2) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= m) return;
+  for (int k = 0; k < 4; ++k) {
+    T s = T(0);
+    for (int64_t p = 0; p < parts; ++p) s += partial[(p * 4 + k) * m + j];
+    g2[4 * j + k] = static_cast<scalar_t>(s);
+  }
 }
 
 template <typename scalar_t, int V>
@@ -130,6 +151,8 @@ template <typename scalar_t, int V>
 void launch_pairwise_forward(const at::Tensor& b1, const at::Tensor& b2, double eps, at::Tensor& out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0), m = b2.size(0);
+  TORCH_CHECK(blocks_for(m, kThreads) <= 65535, "boxes2 holds ", m, " boxes; at most ", 65535 * kThreads,
+              " are supported on CUDA");
   const dim3 grid(blocks_for(n, kRowsPerBlock), blocks_for(m, kThreads));
   pairwise_forward_kernel<scalar_t, V><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m, static_cast<T>(eps),
@@ -143,13 +166,19 @@ void launch_pairwise_backward(const at::Tensor& g, const at::Tensor& b1, const a
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0), m = b2.size(0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t parts = std::min(n, kGradParts);
+  const at::Tensor partial = at::empty({parts, 4, m}, b1.options().dtype(c10::CppTypeToScalarType<T>::value));
   pairwise_backward_rows_kernel<scalar_t, V><<<n, kThreads, 0, stream>>>(
       g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), m,
       static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  pairwise_backward_cols_kernel<scalar_t, V><<<blocks_for(m, kThreads), kThreads, 0, stream>>>(
-      g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m,
-      static_cast<T>(eps), g2.mutable_data_ptr<scalar_t>());
+  const dim3 grid(blocks_for(m, kThreads), parts);
+  pairwise_backward_cols_kernel<scalar_t, V><<<grid, kThreads, 0, stream>>>(
+      g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m, parts,
+      static_cast<T>(eps), partial.mutable_data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  sum_parts_kernel<scalar_t><<<blocks_for(m, kThreads), kThreads, 0, stream>>>(
+      partial.const_data_ptr<T>(), m, parts, g2.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
