@@ -34,8 +34,8 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	touch $@
 
 lint: $(VENV)/.deps
-	$(VENV)/bin/ruff check fastmtl tests benchmarks setup.py
-	$(VENV)/bin/ruff format --check fastmtl tests benchmarks setup.py
+	$(VENV)/bin/ruff check fastmtl tests benchmarks tools setup.py
+	$(VENV)/bin/ruff format --check fastmtl tests benchmarks tools setup.py
 
 # The same ops as a C++ shared library (build-cmake/libfastmtl_ops.so) for C++ users.
 cmake: $(VENV)/.deps

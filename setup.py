@@ -95,7 +95,7 @@ def _version() -> str:
 setup(
     name="fastmtl",
     version=_version(),
-    description="Fast C++/CUDA kernels for detection, Siamese, style-transfer and multi-task learning in PyTorch",
+    description="Fast C++/CUDA kernels for detection, Siamese, style transfer and multi-task learning",
     packages=find_packages(include=["fastmtl", "fastmtl.*"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],

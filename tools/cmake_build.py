@@ -39,12 +39,25 @@ def _cuda_args() -> list:
 def main() -> None:
     build = "build-cmake"
     cmake = shutil.which("cmake")
-    configure = [cmake, "-S", ".", "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", *_cuda_args()]
+    configure = [
+        cmake,
+        "-S",
+        ".",
+        "-B",
+        build,
+        "-G",
+        "Ninja",
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        *_cuda_args(),
+    ]
     if shutil.which("ccache"):
         configure += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache", "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"]
-    for cmd in (configure, [cmake, "--build", build, "-j", os.environ.get("MAX_JOBS", "2")],
-                ["ctest", "--test-dir", build, "--output-on-failure"]):
+    for cmd in (
+        configure,
+        [cmake, "--build", build, "-j", os.environ.get("MAX_JOBS", "2")],
+        ["ctest", "--test-dir", build, "--output-on-failure"],
+    ):
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
 
