@@ -68,8 +68,8 @@ def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     # -fopenmp: at::parallel_for is an inline OpenMP loop, serial without it (libgomp is the
     # one torch already loaded). -fno-trapping-math lets GCC turn the box-math ternaries
-    # into vector selects.
-    cxx = ["-O3", "-g0", "-fvisibility=hidden", "-fopenmp", "-fno-trapping-math"]
+    # into vector selects; -fno-math-errno lets it drop unused libm calls.
+    cxx = ["-O3", "-g0", "-fvisibility=hidden", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     link = ["-fopenmp"]
     if not _want_cuda():
         return cpp_extension.CppExtension(

@@ -12,7 +12,11 @@ _SEED_KEY = pytest.StashKey[int]()
 @pytest.fixture
 def seed(request) -> int:
     """A new seed per test (``FASTMTL_SEED=<int>`` pins it); reported when the test fails."""
-    value = int(os.environ["FASTMTL_SEED"]) if os.environ.get("FASTMTL_SEED") else random.SystemRandom().getrandbits(31)
+    value = (
+        int(os.environ["FASTMTL_SEED"])
+        if os.environ.get("FASTMTL_SEED")
+        else random.SystemRandom().getrandbits(31)
+    )
     request.node.stash[_SEED_KEY] = value
     return value
 
@@ -30,3 +34,7 @@ def pytest_runtest_makereport(item, call):
     if seed is not None and report.failed:
         report.sections.append(("fastmtl seed", f"rerun with FASTMTL_SEED={seed}"))
     return report
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "compile: torch.compile tests (slow; deselect with -m 'not compile')")

@@ -5,6 +5,7 @@ afresh for every test from ``FASTMTL_SEED`` when set, else at random. A failing 
 its seed in the report ("rerun with FASTMTL_SEED=..."), so any failure can be replayed.
 """
 
+import math
 import os
 
 import pytest
@@ -17,10 +18,14 @@ __all__ = [
     "assert_close",
     "boxes_like_pairs",
     "cuda",
+    "degenerate_boxes",
+    "distinct_boxes",
     "env_flag",
+    "gradient_boxes",
     "grid_boxes",
     "has_cuda",
     "random_boxes",
+    "tie_free_boxes",
     "tol",
 ]
 
@@ -92,9 +97,35 @@ def random_boxes(
     """
     shape = (n,) if isinstance(n, int) else tuple(n)
     lo = torch.rand(*shape, 2, generator=gen, dtype=torch.float64) * scale * (1 - max_size)
-    size = (min_size + (max_size - min_size) * torch.rand(*shape, 2, generator=gen, dtype=torch.float64)) * scale
+    size = (
+        min_size + (max_size - min_size) * torch.rand(*shape, 2, generator=gen, dtype=torch.float64)
+    ) * scale
     boxes = torch.cat((lo, lo + size), dim=-1)
     return boxes.to(device=device, dtype=dtype)
+
+
+def tie_free_boxes(*shapes, gen: torch.Generator, dtype=torch.float32, device="cpu", levels: int = 256):
+    """One box tensor per shape, with every x coordinate distinct across all of them, and every
+    y coordinate too: no ties, no touching edges, whatever the dtype. Coordinates are integers
+    below ``levels`` (exact in bfloat16 for ``levels <= 256``), so the boxes are what the reference
+    sees. For gradients in float16/bfloat16, where random boxes round into ties."""
+    shapes = [(s,) if isinstance(s, int) else tuple(s) for s in shapes]
+    counts = [math.prod(s) for s in shapes]
+    total = sum(counts)
+    if 2 * total > levels:
+        raise ValueError(f"{total} boxes need more than {levels} levels")
+    xs = torch.randperm(levels, generator=gen)[: 2 * total].view(total, 2).sort(dim=1).values
+    ys = torch.randperm(levels, generator=gen)[: 2 * total].view(total, 2).sort(dim=1).values
+    boxes = torch.stack((xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]), dim=-1).to(device=device, dtype=dtype)
+    return tuple(part.reshape(*s, 4) for part, s in zip(boxes.split(counts), shapes))
+
+
+def gradient_boxes(*shapes, gen: torch.Generator, dtype=torch.float32, device="cpu"):
+    """Boxes where the gradient is defined: continuous random boxes for float32/float64,
+    :func:`tie_free_boxes` for float16/bfloat16 (whose rounding would create ties)."""
+    if dtype in HALF_DTYPES:
+        return tie_free_boxes(*shapes, gen=gen, dtype=dtype, device=device)
+    return tuple(random_boxes(s, gen=gen, dtype=dtype, device=device) for s in shapes)
 
 
 def grid_boxes(n, *, gen: torch.Generator, dtype=torch.float32, device="cpu", cells: int = 6) -> torch.Tensor:
@@ -103,6 +134,34 @@ def grid_boxes(n, *, gen: torch.Generator, dtype=torch.float32, device="cpu", ce
     lo = torch.randint(0, cells, (n, 2), generator=gen)
     size = torch.randint(1, cells, (n, 2), generator=gen)
     return torch.cat((lo, lo + size), dim=-1).to(device=device, dtype=dtype)
+
+
+def degenerate_boxes(n, *, gen: torch.Generator, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Boxes on a 6 x 6 integer grid with widths and heights 0, 1 or 2: points, lines and small
+    boxes, with many exact ties. Zero-area pairs give 0 / 0 in the pairwise ops."""
+    lo = torch.randint(0, 5, (n, 2), generator=gen)
+    size = torch.randint(0, 3, (n, 2), generator=gen)
+    return torch.cat((lo, lo + size), dim=-1).to(device=device, dtype=dtype)
+
+
+def distinct_boxes(
+    *shapes, gen: torch.Generator, dtype=torch.float32, device="cpu", cells: int = 256
+) -> list:
+    """Random boxes of each of ``shapes`` (one tensor ``[*shape, 4]`` per shape) on an integer grid,
+    with all x coordinates different across every box of every tensor, and all y coordinates too.
+
+    So no ties and no touching or shared edges, even in float16/bfloat16 (integers up to 256 are
+    exact in both): the gradient is defined everywhere. For gradient tests in half precision,
+    where continuous draws from :func:`random_boxes` round onto a coarse grid and can tie.
+    """
+    counts = [math.prod(s) for s in shapes]
+    total = sum(counts)
+    if 2 * total > cells:
+        raise ValueError(f"{total} boxes need {2 * total} distinct coordinates, more than cells={cells}")
+    xs = torch.randperm(cells, generator=gen)[: 2 * total].view(total, 2).sort(dim=-1).values
+    ys = torch.randperm(cells, generator=gen)[: 2 * total].view(total, 2).sort(dim=-1).values
+    boxes = torch.stack((xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]), dim=-1).to(device=device, dtype=dtype)
+    return [part.reshape(*shape, 4) for part, shape in zip(boxes.split(counts), shapes)]
 
 
 def boxes_like_pairs(boxes: torch.Tensor, *, gen: torch.Generator, jitter: float = 0.2) -> torch.Tensor:

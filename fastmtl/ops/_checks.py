@@ -1,6 +1,7 @@
 """Argument checks shared by the public ops. Every message names the argument."""
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 __all__ = ["check_boxes", "check_box_pair", "check_reduction"]
 
@@ -12,9 +13,14 @@ def _check_tensor(name: str, t) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
+def _has_data(t: torch.Tensor) -> bool:
+    # Meta and fake tensors (shape propagation, torch.export) carry no values to check.
+    return t.device.type != "meta" and not is_fake(t)
+
+
 def _check_finite(name: str, t: torch.Tensor) -> None:
     # Skipped while torch.compile traces: the check would be a data-dependent branch.
-    if t.is_floating_point() and t.numel() and not torch.compiler.is_compiling():
+    if t.is_floating_point() and t.numel() and not torch.compiler.is_compiling() and _has_data(t):
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} contains NaN or infinite coordinates")
 

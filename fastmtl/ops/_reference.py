@@ -49,6 +49,6 @@ def pairwise_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps:
 
 
 def aligned_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
-    """[N, 4] x [N, 4] -> [N] in the input dtype; eps in every denominator (the IoU losses)."""
+    """[N, 4] x [N, 4] -> [N] in the compute dtype; eps in every denominator (the IoU losses)."""
     dt = compute_dtype(boxes1.dtype)
-    return _iou_terms(boxes1.to(dt), boxes2.to(dt), kind, eps, eps).to(boxes1.dtype)
+    return _iou_terms(boxes1.to(dt), boxes2.to(dt), kind, eps, eps)

@@ -30,7 +30,7 @@ def _variant(kind: str) -> int:
 
 
 def _check_eps(eps: float) -> float:
-    if not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     return float(eps)
 
@@ -95,7 +95,8 @@ def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, *, kind: str = "iou", eps: f
             torchvision's IoU losses.
 
     Returns:
-        ``Tensor[...]`` in the input dtype (float32 for integer input), differentiable.
+        ``Tensor[...]``, differentiable: float32 for float16/bfloat16/integer input (as
+        torchvision's losses), else the input dtype.
     """
     variant = _variant(kind)
     boxes1, boxes2 = check_box_pair(boxes1, boxes2, pairwise=False)
@@ -127,7 +128,7 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "aligned_box_iou")
     def _(boxes1, boxes2, variant, eps):
-        return boxes1.new_empty((boxes1.shape[0],))
+        return boxes1.new_empty((boxes1.shape[0],), dtype=_reference.compute_dtype(boxes1.dtype))
 
     for name in ("_pairwise_box_iou_backward", "_aligned_box_iou_backward"):
         torch.library.register_fake(lib + name)(

@@ -50,7 +50,12 @@ def diou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: floa
 
 
 def ciou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
-    """``1 - CIoU`` of corresponding boxes, as ``torchvision.ops.complete_box_iou_loss``."""
+    """``1 - CIoU`` of corresponding boxes, as ``torchvision.ops.complete_box_iou_loss``.
+
+    ``eps`` enters every denominator. torchvision passes its ``eps`` to the alpha term only and
+    keeps 1e-7 in the DIoU part, so the two agree at the default ``eps`` and differ by O(eps)
+    otherwise.
+    """
     return _loss("ciou", boxes1, boxes2, reduction, eps)
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from fastmtl.ops._checks import check_boxes
+from fastmtl.ops._reference import compute_dtype
 
 __all__ = ["box_area", "box_convert"]
 
@@ -31,15 +32,16 @@ def _from_xyxy(boxes: Tensor, fmt: str) -> Tensor:
 def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     """Converts ``Tensor[..., 4]`` boxes between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"``.
 
-    Same call and results as ``torchvision.ops.box_convert``; returns the input itself when
-    the formats are equal, a new tensor of the same shape and dtype otherwise.
+    Same call and results as ``torchvision.ops.box_convert``: a new tensor of the same shape
+    and dtype (a copy when the formats are equal).
     """
     for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
         if fmt not in _FORMATS:
             raise ValueError(f"{name} must be one of {_FORMATS}, got {fmt!r}")
-    if not isinstance(boxes, Tensor) or boxes.dim() == 0 or boxes.shape[-1] != 4:
-        shape = list(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-        raise ValueError(f"boxes must be a Tensor[..., 4], got {shape}")
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
+    if boxes.dim() == 0 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
     if in_fmt == out_fmt:
         return boxes.clone()
     xyxy = boxes if in_fmt == "xyxy" else _to_xyxy(boxes, in_fmt)
@@ -49,8 +51,8 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
 def box_area(boxes: Tensor) -> Tensor:
     """Area ``(x2 - x1) * (y2 - y1)`` of ``Tensor[..., 4]`` corner boxes, as ``torchvision.ops.box_area``.
 
-    float16/bfloat16 stay in their dtype; integer boxes give integer areas (int32 and int64 kept,
-    smaller integer types widened to int32), as torchvision does.
+    Returns ``Tensor[...]``: float32 for float16/bfloat16 boxes, int32/int64 kept for integer
+    boxes (smaller integer types widened to int32), else the input dtype, as torchvision does.
     """
     if isinstance(boxes, Tensor) and not boxes.is_floating_point() and boxes.dtype != torch.bool:
         if boxes.dim() == 0 or boxes.shape[-1] != 4:
@@ -58,4 +60,5 @@ def box_area(boxes: Tensor) -> Tensor:
         boxes = boxes if boxes.dtype in (torch.int32, torch.int64) else boxes.int()
     else:
         boxes = check_boxes("boxes", boxes, pairwise=False)
+        boxes = boxes.to(compute_dtype(boxes.dtype))
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])

@@ -20,7 +20,15 @@ import math
 
 import torch
 
-__all__ = ["KINDS", "aligned_ref", "area_ref", "pair_ref", "pairwise_ref", "scalar_pair_ref"]
+__all__ = [
+    "KINDS",
+    "aligned_ref",
+    "area_ref",
+    "ciou_alpha_v_ref",
+    "pair_ref",
+    "pairwise_ref",
+    "scalar_pair_ref",
+]
 
 KINDS = ("iou", "giou", "diou", "ciou")
 
@@ -71,6 +79,17 @@ def pair_ref(a: torch.Tensor, b: torch.Tensor, kind: str, *, eps: float, union_e
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
     return diou - alpha * v
+
+
+def ciou_alpha_v_ref(a: torch.Tensor, b: torch.Tensor, *, eps: float, union_eps: float):
+    """CIoU's ``alpha`` and ``v`` of corresponding boxes, both differentiable (nothing detached)."""
+    ax1, ay1, ax2, ay2 = _corners(a)
+    bx1, by1, bx2, by2 = _corners(b)
+    iou = pair_ref(a, b, "iou", eps=eps, union_eps=union_eps)
+    v = (4 / math.pi**2) * (
+        torch.atan((ax2 - ax1) / (ay2 - ay1)) - torch.atan((bx2 - bx1) / (by2 - by1))
+    ) ** 2
+    return v / (1 - iou + v + eps), v
 
 
 def pairwise_ref(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps: float = 1e-7) -> torch.Tensor:

@@ -40,7 +40,7 @@ void check_box_iou_grad(const at::Tensor& grad, const at::Tensor& boxes1, const 
               " and boxes2 ", boxes2.sizes());
   TORCH_CHECK(grad.device() == boxes1.device(), "grad must be on the device of the boxes, got ",
               grad.device(), " and ", boxes1.device());
-  const auto want = aligned ? boxes1.scalar_type() : box_iou_accumulate_type(boxes1.scalar_type());
+  const auto want = box_iou_accumulate_type(boxes1.scalar_type());
   TORCH_CHECK(grad.scalar_type() == want, "grad must be ", want, ", got ", grad.scalar_type());
 }
 

@@ -144,27 +144,27 @@ void pairwise_backward(const at::opmath_type<scalar_t>* g, const scalar_t* b1, c
 }
 
 template <typename scalar_t, int V>
-void aligned_forward(const scalar_t* b1, const scalar_t* b2, int64_t n, double eps, scalar_t* out) {
+void aligned_forward(const scalar_t* b1, const scalar_t* b2, int64_t n, double eps,
+                     at::opmath_type<scalar_t>* out) {
   using T = at::opmath_type<scalar_t>;
   const T e = static_cast<T>(eps);
   at::parallel_for(0, n, kPairsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      out[i] = static_cast<scalar_t>(
-          box::pair_value<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), e, e));
+      out[i] = box::pair_value<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), e, e);
     }
   });
 }
 
 template <typename scalar_t, int V>
-void aligned_backward(const scalar_t* g, const scalar_t* b1, const scalar_t* b2, int64_t n, double eps,
-                      scalar_t* g1, scalar_t* g2) {
+void aligned_backward(const at::opmath_type<scalar_t>* g, const scalar_t* b1, const scalar_t* b2, int64_t n,
+                      double eps, scalar_t* g1, scalar_t* g2) {
   using T = at::opmath_type<scalar_t>;
   const T e = static_cast<T>(eps);
   at::parallel_for(0, n, kPairsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       Box<T> ga, gb;
       box::pair_grad<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i),
-                        static_cast<T>(g[i]), e, e, ga, gb);
+                        g[i], e, e, ga, gb);
       const T a4[4] = {ga.x1, ga.y1, ga.x2, ga.y2}, b4[4] = {gb.x1, gb.y1, gb.x2, gb.y2};
       for (int k = 0; k < 4; ++k) {
         g1[4 * i + k] = static_cast<scalar_t>(a4[k]);
@@ -219,14 +219,14 @@ at::Tensor aligned_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes
                                double eps) {
   check_box_iou_args(boxes1, boxes2, variant, eps, true);
   const int64_t n = boxes1.size(0);
-  auto out = at::empty({n}, boxes1.options());
+  auto out = at::empty({n}, boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
   if (n == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "aligned_box_iou_cpu", [&] {
     box::dispatch_variant(variant, [&](auto v) {
       aligned_forward<scalar_t, decltype(v)::value>(b1.const_data_ptr<scalar_t>(),
                                                     b2.const_data_ptr<scalar_t>(), n, eps,
-                                                    out.mutable_data_ptr<scalar_t>());
+                                                    out.mutable_data_ptr<at::opmath_type<scalar_t>>());
     });
   });
   return out;
@@ -245,8 +245,8 @@ std::tuple<at::Tensor, at::Tensor> aligned_box_iou_backward_cpu(const at::Tensor
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "aligned_box_iou_backward_cpu", [&] {
     box::dispatch_variant(variant, [&](auto v) {
       aligned_backward<scalar_t, decltype(v)::value>(
-          g.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n,
-          eps, g1.mutable_data_ptr<scalar_t>(), g2.mutable_data_ptr<scalar_t>());
+          g.const_data_ptr<at::opmath_type<scalar_t>>(), b1.const_data_ptr<scalar_t>(),
+          b2.const_data_ptr<scalar_t>(), n, eps, g1.mutable_data_ptr<scalar_t>(), g2.mutable_data_ptr<scalar_t>());
     });
   });
   return {g1, g2};

@@ -120,16 +120,17 @@ __global__ void sum_parts_kernel(const at::opmath_type<scalar_t>* __restrict__ p
 
 template <typename scalar_t, int V>
 __global__ void aligned_forward_kernel(const scalar_t* __restrict__ b1, const scalar_t* __restrict__ b2,
-                                       int64_t n, at::opmath_type<scalar_t> eps, scalar_t* __restrict__ out) {
+                                       int64_t n, at::opmath_type<scalar_t> eps,
+                                       at::opmath_type<scalar_t>* __restrict__ out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  out[i] = static_cast<scalar_t>(
-      box::pair_value<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), eps, eps));
+  out[i] = box::pair_value<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), eps, eps);
 }
 
 template <typename scalar_t, int V>
-__global__ void aligned_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ b1,
+__global__ void aligned_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ g,
+                                        const scalar_t* __restrict__ b1,
                                         const scalar_t* __restrict__ b2, int64_t n,
                                         at::opmath_type<scalar_t> eps, scalar_t* __restrict__ g1,
                                         scalar_t* __restrict__ g2) {
@@ -137,8 +138,7 @@ __global__ void aligned_backward_kernel(const scalar_t* __restrict__ g, const sc
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   Box<T> ga, gb;
-  box::pair_grad<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), static_cast<T>(g[i]), eps,
-                    eps, ga, gb);
+  box::pair_grad<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), g[i], eps, eps, ga, gb);
   const T a4[4] = {ga.x1, ga.y1, ga.x2, ga.y2}, b4[4] = {gb.x1, gb.y1, gb.x2, gb.y2};
   for (int k = 0; k < 4; ++k) {
     g1[4 * i + k] = static_cast<scalar_t>(a4[k]);
@@ -189,7 +189,7 @@ void launch_aligned_forward(const at::Tensor& b1, const at::Tensor& b2, double e
   aligned_forward_kernel<scalar_t, V><<<blocks_for(n, kThreads), kThreads, 0,
                                         c10::cuda::getCurrentCUDAStream()>>>(
       b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, static_cast<T>(eps),
-      out.mutable_data_ptr<scalar_t>());
+      out.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -200,7 +200,7 @@ void launch_aligned_backward(const at::Tensor& g, const at::Tensor& b1, const at
   const int64_t n = b1.size(0);
   aligned_backward_kernel<scalar_t, V><<<blocks_for(n, kThreads), kThreads, 0,
                                          c10::cuda::getCurrentCUDAStream()>>>(
-      g.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n,
+      g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n,
       static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>(), g2.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -246,7 +246,7 @@ at::Tensor aligned_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxe
                                 double eps) {
   check_box_iou_args(boxes1, boxes2, variant, eps, true);
   const c10::cuda::CUDAGuard guard(boxes1.device());
-  auto out = at::empty({boxes1.size(0)}, boxes1.options());
+  auto out = at::empty({boxes1.size(0)}, boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
   if (out.numel() == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "aligned_box_iou_cuda", [&] {

@@ -1,0 +1,22 @@
+"""Benchmarks of fastmtl against the alternatives a user has; run with ``fastmtl bench``.
+
+Each op family has a module with ``cases(device, quick) -> list[Case]`` (see
+:mod:`fastmtl.bench.harness`); add it to :data:`REGISTRY` and the CLI finds it. The registry
+holds module names, imported only when that family runs, so ``fastmtl --help`` does not
+import torchvision or torch.compile's machinery.
+"""
+
+import importlib
+
+__all__ = ["REGISTRY", "load_cases"]
+
+REGISTRY = {
+    "box_iou": "fastmtl.bench.cases_box_iou",
+}
+
+
+def load_cases(op: str, device: str, quick: bool = False) -> list:
+    """The cases of one registered op family on ``device`` ("cpu" or "cuda")."""
+    if op not in REGISTRY:
+        raise KeyError(f"unknown benchmark {op!r}; registered: {sorted(REGISTRY)}")
+    return importlib.import_module(REGISTRY[op]).cases(device, quick)
