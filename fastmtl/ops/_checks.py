@@ -15,7 +15,9 @@ def _check_tensor(name: str, t) -> None:
 
 def _has_data(t: torch.Tensor) -> bool:
     # Meta and fake tensors (shape propagation, torch.export) carry no values to check.
-    return t.device.type != "meta" and not is_fake(t)
+    if t.device.type == "meta":
+        return False
+    return type(t) in (torch.Tensor, torch.nn.Parameter) or not is_fake(t)  # cheap test first
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
