@@ -12,6 +12,7 @@ __all__ = ["REGISTRY", "load_cases"]
 
 REGISTRY = {
     "box_iou": "fastmtl.bench.cases_box_iou",
+    "nms": "fastmtl.bench.cases_nms",
 }
 
 

@@ -67,10 +67,12 @@ class Case:
     """One op at one size and dtype, with the providers to compare on the same inputs.
 
     ``providers`` maps a name to a callable taking ``*inputs``; the first is the reference
-    for the agreement check and the speedups. A provider named in ``optional`` may fail on
-    its first call (torch.compile without a working compiler): it is then skipped with a
-    note instead of failing the run. ``extra_fn(output, median_ms, info) -> dict`` fills a
-    row's ``extra`` column (e.g. achieved bandwidth).
+    for the agreement check and the speedups. Float outputs must agree within ``atol`` and
+    ``rtol``; integer and bool outputs (kept indices, masks) must be equal, dtype included.
+    A provider named in ``optional`` may fail on its first call (torch.compile without a
+    working compiler): it is then skipped with a note instead of failing the run.
+    ``extra_fn(output, median_ms, info) -> dict`` fills a row's ``extra`` column (e.g.
+    achieved bandwidth).
     """
 
     op: str
@@ -183,8 +185,9 @@ def _sync(device: torch.device) -> None:
 def check_agreement(case: Case, notes: Optional[list] = None) -> dict:
     """Calls every provider once and compares it with the first; returns the outputs by name.
 
-    Raises :class:`AgreementError` on a mismatch. A failing provider listed in
-    ``case.optional`` is dropped with a line in ``notes``; any other failure propagates.
+    Raises :class:`AgreementError` on a mismatch (for integer outputs, any difference). A
+    failing provider listed in ``case.optional`` is dropped with a line in ``notes``; any
+    other failure propagates.
     This first call is also where torch.compile compiles, so compilation is never timed.
     """
     outputs = {}
@@ -198,15 +201,23 @@ def check_agreement(case: Case, notes: Optional[list] = None) -> dict:
                 notes.append(f"{_case_label(case)}: {name} skipped ({type(e).__name__}: {e})"[:300])
     _sync(case.device)
     names = list(outputs)
+    if _is_exact(outputs[names[0]]):  # indices, masks: equal values and dtype
+        tolerance = {"atol": 0, "rtol": 0, "check_dtype": True}
+    else:  # check_dtype=False: fastmtl's pairwise ops return float32 for half input.
+        tolerance = {"atol": case.atol, "rtol": case.rtol, "check_dtype": False}
     for name in names[1:]:
         try:
-            # check_dtype=False: fastmtl's pairwise ops return float32 for half input.
-            torch.testing.assert_close(
-                outputs[name], outputs[names[0]], atol=case.atol, rtol=case.rtol, check_dtype=False
-            )
+            torch.testing.assert_close(outputs[name], outputs[names[0]], **tolerance)
         except AssertionError as e:
             raise AgreementError(f"{_case_label(case)}: {name} disagrees with {names[0]}: {e}") from None
     return outputs
+
+
+def _is_exact(output) -> bool:
+    """Whether an output (a tensor or a tuple of them) holds only integer or bool tensors."""
+    if isinstance(output, (tuple, list)):
+        return len(output) > 0 and all(_is_exact(o) for o in output)
+    return isinstance(output, torch.Tensor) and not (output.is_floating_point() or output.is_complex())
 
 
 def _case_label(case: Case) -> str:

@@ -17,8 +17,11 @@ from fastmtl.ops.box_iou_loss import (
     iou_loss,
 )
 from fastmtl.ops.boxes import box_area, box_convert
+from fastmtl.ops.nms import batched_nms, nms
 
 __all__ = [
+    "batched_nms",
+    "nms",
     "aligned_box_iou",
     "box_area",
     "box_convert",

@@ -3,7 +3,13 @@
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-__all__ = ["check_boxes", "check_box_pair", "check_reduction"]
+__all__ = ["InputError", "check_box_pair", "check_boxes", "check_reduction"]
+
+
+class InputError(ValueError, RuntimeError):
+    """Bad input to a fastmtl op. A ValueError, and a RuntimeError too, as torchvision's C++
+    checks raise, so code written against torchvision.ops catches it unchanged."""
+
 
 _BOX_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -24,7 +30,7 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
     # Skipped while torch.compile traces: the check would be a data-dependent branch.
     if t.is_floating_point() and t.numel() and not torch.compiler.is_compiling() and _has_data(t):
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or infinite coordinates")
+            raise InputError(f"{name} contains NaN or infinite coordinates")
 
 
 def check_boxes(name: str, boxes, *, pairwise: bool) -> torch.Tensor:
@@ -35,7 +41,7 @@ def check_boxes(name: str, boxes, *, pairwise: bool) -> torch.Tensor:
     _check_tensor(name, boxes)
     if boxes.dim() == 0 or boxes.shape[-1] != 4 or (pairwise and boxes.dim() != 2):
         want = "[N, 4]" if pairwise else "[..., 4]"
-        raise ValueError(f"{name} must have shape {want}, got {list(boxes.shape)}")
+        raise InputError(f"{name} must have shape {want}, got {list(boxes.shape)}")
     if boxes.dtype in _BOX_FLOATS:
         _check_finite(name, boxes)
         return boxes
@@ -51,7 +57,7 @@ def check_box_pair(boxes1, boxes2, *, pairwise: bool) -> tuple:
     if boxes1.dtype != boxes2.dtype:
         raise TypeError(f"boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and {boxes2.dtype}")
     if boxes1.device != boxes2.device:
-        raise ValueError(
+        raise InputError(
             f"boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}"
         )
     return check_boxes("boxes1", boxes1, pairwise=pairwise), check_boxes("boxes2", boxes2, pairwise=pairwise)
@@ -59,4 +65,4 @@ def check_box_pair(boxes1, boxes2, *, pairwise: bool) -> tuple:
 
 def check_reduction(reduction: str) -> None:
     if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        raise InputError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")

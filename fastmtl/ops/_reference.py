@@ -52,3 +52,23 @@ def aligned_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps: 
     """[N, 4] x [N, 4] -> [N] in the compute dtype; eps in every denominator (the IoU losses)."""
     dt = compute_dtype(boxes1.dtype)
     return _iou_terms(boxes1.to(dt), boxes2.to(dt), kind, eps, eps)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, idxs, iou_threshold: float) -> torch.Tensor:
+    """Greedy (class-aware when idxs is given) NMS in plain PyTorch; kept indices by decreasing score."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    if order.numel() == 0:
+        return order
+    b = boxes.to(compute_dtype(boxes.dtype))[order]
+    # Compared in float64, as torchvision's CPU kernel compares with a double threshold.
+    iou = _iou_terms(b[:, None, :], b[None, :, :], "iou", 0.0, 0.0).double() > iou_threshold
+    if idxs is not None:
+        cls = idxs[order]
+        iou &= cls[:, None] == cls[None, :]
+    removed = torch.zeros(order.numel(), dtype=torch.bool, device=boxes.device)
+    keep = []
+    for i in range(order.numel()):  # the greedy pass is sequential by nature
+        if not removed[i]:
+            keep.append(i)
+            removed |= iou[i]
+    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]

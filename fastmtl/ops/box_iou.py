@@ -10,7 +10,7 @@ from torch import Tensor
 
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
-from fastmtl.ops._checks import check_box_pair
+from fastmtl.ops._checks import InputError, check_box_pair
 
 __all__ = [
     "aligned_box_iou",
@@ -25,13 +25,13 @@ VARIANTS = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
 
 def _variant(kind: str) -> int:
     if kind not in VARIANTS:
-        raise ValueError(f"kind must be one of {sorted(VARIANTS)}, got {kind!r}")
+        raise InputError(f"kind must be one of {sorted(VARIANTS)}, got {kind!r}")
     return VARIANTS[kind]
 
 
 def _check_eps(eps: float) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        raise InputError(f"eps must be a finite number >= 0, got {eps!r}")
     return float(eps)
 
 
@@ -104,7 +104,7 @@ def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, *, kind: str = "iou", eps: f
     try:
         boxes1, boxes2 = torch.broadcast_tensors(boxes1, boxes2)
     except RuntimeError:
-        raise ValueError(
+        raise InputError(
             f"boxes1 {list(boxes1.shape)} and boxes2 {list(boxes2.shape)} are not broadcastable"
         ) from None
     shape = boxes1.shape[:-1]

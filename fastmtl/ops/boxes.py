@@ -7,7 +7,7 @@ Formats: ``"xyxy"`` corners (torchvision's), ``"cxcywh"`` centre and size (the Y
 import torch
 from torch import Tensor
 
-from fastmtl.ops._checks import check_boxes
+from fastmtl.ops._checks import InputError, check_boxes
 from fastmtl.ops._reference import compute_dtype
 
 __all__ = ["box_area", "box_convert"]
@@ -37,11 +37,11 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     """
     for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
         if fmt not in _FORMATS:
-            raise ValueError(f"{name} must be one of {_FORMATS}, got {fmt!r}")
+            raise InputError(f"{name} must be one of {_FORMATS}, got {fmt!r}")
     if not isinstance(boxes, Tensor):
         raise TypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
     if boxes.dim() == 0 or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
+        raise InputError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
     if in_fmt == out_fmt:
         return boxes.clone()
     xyxy = boxes if in_fmt == "xyxy" else _to_xyxy(boxes, in_fmt)
@@ -56,7 +56,7 @@ def box_area(boxes: Tensor) -> Tensor:
     """
     if isinstance(boxes, Tensor) and not boxes.is_floating_point() and boxes.dtype != torch.bool:
         if boxes.dim() == 0 or boxes.shape[-1] != 4:
-            raise ValueError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
+            raise InputError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
         boxes = boxes if boxes.dtype in (torch.int32, torch.int64) else boxes.int()
     else:
         boxes = check_boxes("boxes", boxes, pairwise=False)
