@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -35,7 +36,7 @@ constexpr int64_t kParallelSuppress = 32768;
 template <typename T>
 FASTMTL_CPU_CLONES void suppress_row(const T* __restrict__ x1, const T* __restrict__ y1, const T* __restrict__ x2,
                                      const T* __restrict__ y2, const T* __restrict__ area, Box<T> a, T area_a,
-                                     double threshold, uint8_t* __restrict__ removed, int64_t n) {
+                                     T threshold, uint8_t* __restrict__ removed, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     removed[j] |= static_cast<uint8_t>(
         nms::suppresses(a, Box<T>{x1[j], y1[j], x2[j], y2[j]}, area_a, area[j], threshold));
@@ -45,7 +46,7 @@ FASTMTL_CPU_CLONES void suppress_row(const T* __restrict__ x1, const T* __restri
 // Greedy NMS over boxes given in decreasing score order, as columns of n entries.
 // Returns the positions (0..n) that are kept, in order.
 template <typename T>
-std::vector<int64_t> greedy_nms(const std::vector<T>& cols, int64_t n, double threshold) {
+std::vector<int64_t> greedy_nms(const std::vector<T>& cols, int64_t n, T threshold) {
   const T *x1 = cols.data(), *y1 = x1 + n, *x2 = y1 + n, *y2 = x2 + n, *area = y2 + n;
   std::vector<uint8_t> removed(n, 0);
   std::vector<int64_t> kept;
@@ -63,6 +64,16 @@ std::vector<int64_t> greedy_nms(const std::vector<T>& cols, int64_t n, double th
     }
   }
   return kept;
+}
+
+// torchvision's CPU kernel compares the IoU with a double threshold. For a float IoU x,
+// x > d holds exactly when x > the largest float <= d, so the comparison can stay in float
+// (twice as many lanes) with the same results.
+template <typename T>
+T threshold_below(double d) {
+  T t = static_cast<T>(d);
+  if (static_cast<double>(t) > d) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
+  return t;
 }
 
 // Columns x1 | y1 | x2 | y2 | area of the boxes at positions order[begin..end), in that order.
@@ -117,7 +128,8 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
   FASTMTL_DISPATCH_BOXES(b.scalar_type(), "nms_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const auto cols = gather_columns(b.const_data_ptr<scalar_t>(), order.data(), 0, b.size(0));
-    for (const int64_t p : greedy_nms<T>(cols, b.size(0), iou_threshold)) keep.push_back(order[p]);
+    for (const int64_t p : greedy_nms<T>(cols, b.size(0), threshold_below<T>(iou_threshold)))
+      keep.push_back(order[p]);
   });
   return to_tensor(keep, boxes);
 }
@@ -146,7 +158,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
     at::parallel_for(0, classes, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         const auto cols = gather_columns(b.const_data_ptr<scalar_t>(), grouped.data(), starts[k], starts[k + 1]);
-        for (const int64_t p : greedy_nms<T>(cols, starts[k + 1] - starts[k], iou_threshold))
+        for (const int64_t p : greedy_nms<T>(cols, starts[k + 1] - starts[k], threshold_below<T>(iou_threshold)))
           kept_ranks[k].push_back(rank[starts[k] + p]);
       }
     });
