@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastmtl.bench import cases_box_iou as cb
-from fastmtl.bench.harness import check_agreement
+from fastmtl.bench.harness import check_agreement, time_with_pytest_benchmark
 
 PROVIDERS = ("fastmtl", "torchvision", "eager", "compile")
 DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
@@ -55,18 +55,7 @@ def _run(benchmark, kind, op, device, size, quick, provider):
         pytest.skip(
             f"{provider} did not run for {op} (--bench-quick leaves compile out; or unavailable here)"
         )
-    fn = case.providers[provider]
-    if case.device.type == "cuda":  # pytest-benchmark uses a host clock: wait for the GPU
-        fn = functools.partial(_synced, fn)
-    benchmark.group = f"{op} {case.pass_} {case.size} {device}"
-    benchmark.extra_info.update(provider=provider, pass_=case.pass_, size=case.size)
-    benchmark(fn, *case.inputs)
-
-
-def _synced(fn, *inputs):
-    out = fn(*inputs)
-    torch.cuda.synchronize()
-    return out
+    time_with_pytest_benchmark(benchmark, case, provider, device)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -11,11 +11,15 @@ import os
 import pytest
 import torch
 
+import fastmtl
+
 __all__ = [
     "DEVICES",
+    "DISPATCH_DEVICES",
     "FLOAT_DTYPES",
     "HALF_DTYPES",
     "assert_close",
+    "compiled_only",
     "boxes_like_pairs",
     "cuda",
     "degenerate_boxes",
@@ -180,3 +184,20 @@ def boxes_like_pairs(boxes: torch.Tensor, *, gen: torch.Generator, jitter: float
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "") == "1"
+
+
+compiled_only = pytest.mark.skipif(not fastmtl.has_compiled_ops(), reason="fastmtl._C not built")
+# Dispatcher ops on "cuda" need a GPU and the CUDA kernels built in.
+DISPATCH_DEVICES = (
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.skipif(
+                not (torch.cuda.is_available() and fastmtl.has_cuda_ops()),
+                reason="needs a CUDA device and fastmtl built with CUDA",
+            ),
+            pytest.mark.cuda,
+        ],
+    ),
+)

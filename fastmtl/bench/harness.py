@@ -9,6 +9,7 @@ file stands on its own.
 """
 
 import csv
+import functools
 import json
 import platform
 import statistics
@@ -380,3 +381,19 @@ def format_extras(rows: list) -> list:
 
 def _fmt_value(v) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def _synced(fn: Callable, *inputs):
+    out = fn(*inputs)
+    torch.cuda.synchronize()
+    return out
+
+
+def time_with_pytest_benchmark(benchmark, case: Case, provider: str, device: str) -> None:
+    """Times one provider of an agreed case with pytest-benchmark's ``benchmark`` fixture."""
+    fn = case.providers[provider]
+    if case.device.type == "cuda":  # pytest-benchmark uses a host clock: wait for the GPU
+        fn = functools.partial(_synced, fn)
+    benchmark.group = f"{case.op} {case.pass_} {case.size} {device}"
+    benchmark.extra_info.update(provider=provider, pass_=case.pass_, size=case.size)
+    benchmark(fn, *case.inputs)

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-import fastmtl
 from fastmtl import ops
 from tests.ops.reference_boxes import (
     KINDS,
@@ -22,9 +21,11 @@ from tests.ops.reference_boxes import (
 )
 from tests.utils import (
     DEVICES,
+    DISPATCH_DEVICES,
     FLOAT_DTYPES,
     HALF_DTYPES,
     assert_close,
+    compiled_only,
     cuda,
     degenerate_boxes,
     distinct_boxes,
@@ -51,22 +52,6 @@ TV_PAIRWISE = {
 VARIANT = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
 SIZES = [(0, 0), (0, 3), (4, 0), (1, 1), (1, 9), (8, 1), (17, 29)]
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
-
-compiled_only = pytest.mark.skipif(not fastmtl.has_compiled_ops(), reason="fastmtl._C not built")
-# Dispatcher ops on "cuda" need a GPU and the CUDA kernels built in.
-DISPATCH_DEVICES = (
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.skipif(
-                not (torch.cuda.is_available() and fastmtl.has_cuda_ops()),
-                reason="needs a CUDA device and fastmtl built with CUDA",
-            ),
-            pytest.mark.cuda,
-        ],
-    ),
-)
 
 
 def pairwise(kind, boxes1, boxes2, eps=None):

@@ -18,30 +18,22 @@ import math
 import pytest
 import torch
 
-import fastmtl
 from fastmtl import ops
 from fastmtl.ops._checks import InputError
 from tests.ops.reference_nms import nms_per_class_ref, nms_ref, score_order_ref
-from tests.utils import DEVICES, HALF_DTYPES, cuda, degenerate_boxes, grid_boxes
+from tests.utils import (
+    DEVICES,
+    DISPATCH_DEVICES,
+    HALF_DTYPES,
+    compiled_only,
+    cuda,
+    degenerate_boxes,
+    grid_boxes,
+)
 
 # The attribute fastmtl.ops.nms is the function; this is the module (where use_compiled is looked up).
 nms_module = importlib.import_module("fastmtl.ops.nms")
 
-compiled_only = pytest.mark.skipif(not fastmtl.has_compiled_ops(), reason="fastmtl._C not built")
-# Dispatcher ops on "cuda" need a GPU and the CUDA kernels built in.
-DISPATCH_DEVICES = (
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.skipif(
-                not (torch.cuda.is_available() and fastmtl.has_cuda_ops()),
-                reason="needs a CUDA device and fastmtl built with CUDA",
-            ),
-            pytest.mark.cuda,
-        ],
-    ),
-)
 
 # 0: any overlap suppresses; 1: nothing does; negative: everything but NaN IoU (two empty boxes).
 THRESHOLDS = (-0.1, 0.0, 0.5, 0.7, 1.0)

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../common.h"
 #include "../../kernels/box_math.h"
 #include "box_iou.h"
 
@@ -19,14 +20,6 @@ namespace fastmtl {
 namespace {
 
 using box::Box;
-
-// x86-64 builds carry an AVX2 clone of each inner row loop, picked at load time, next to the
-// baseline SSE2 one: 8 pairs per instruction where the CPU allows, and still portable.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTMTL_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FASTMTL_CPU_CLONES
-#endif
 
 // Enough pair evaluations per task to amortize the thread hand-off.
 constexpr int64_t kPairsPerTask = 32768;
@@ -173,9 +166,6 @@ void aligned_backward(const at::opmath_type<scalar_t>* g, const scalar_t* b1, co
     }
   });
 }
-
-#define FASTMTL_DISPATCH_BOXES(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 at::Tensor pairwise_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
                                 double eps) {

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 
+#include "../common.h"
 #include "../../kernels/box_math.h"
 #include "box_iou.h"
 
@@ -204,9 +205,6 @@ void launch_aligned_backward(const at::Tensor& g, const at::Tensor& b1, const at
       static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>(), g2.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
-#define FASTMTL_DISPATCH_BOXES(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 at::Tensor pairwise_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
                                  double eps) {

@@ -15,6 +15,7 @@
 #include <numeric>
 #include <vector>
 
+#include "../common.h"
 #include "../../kernels/nms.h"
 #include "nms.h"
 
@@ -22,12 +23,6 @@ namespace fastmtl {
 namespace {
 
 using box::Box;
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTMTL_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FASTMTL_CPU_CLONES
-#endif
 
 // Kept-box passes longer than this are split across threads.
 constexpr int64_t kParallelSuppress = 32768;
@@ -108,9 +103,6 @@ at::Tensor to_tensor(const std::vector<int64_t>& values, const at::Tensor& like)
   std::copy(values.begin(), values.end(), out.mutable_data_ptr<int64_t>());
   return out;
 }
-
-#define FASTMTL_DISPATCH_BOXES(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 std::vector<int64_t> order_by_score(const at::Tensor& scores) {
   std::vector<int64_t> order;

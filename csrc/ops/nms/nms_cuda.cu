@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "../../kernels/nms.h"
+#include "../common.h"
 #include "nms.h"
 
 namespace fastmtl {
@@ -133,7 +134,7 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   auto keep = at::empty({n}, b.options().dtype(at::kLong));
   auto count = at::empty({1}, b.options().dtype(at::kLong));
   const at::Tensor cls = idxs ? idxs->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "nms_cuda", [&] {
+  FASTMTL_DISPATCH_BOXES(b.scalar_type(), "nms_cuda", [&] {
     launch_nms<scalar_t>(b, order, idxs ? cls.const_data_ptr<int64_t>() : nullptr, iou_threshold, mask, removed,
                          keep, count);
   });
