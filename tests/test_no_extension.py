@@ -22,6 +22,13 @@ def test_import_and_ops_without_extension():
             fastmtl.ops.giou_loss(b1, b2.expand(2, 4))
         assert sum("pure-PyTorch fallback" in str(w.message) for w in caught) == 1, caught
         assert torch.allclose(iou, torch.tensor([[0.2], [0.5]])), iou
+        boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.1], [5.0, 5.0, 6.0, 6.0]])
+        scores = torch.tensor([0.9, 0.8, 0.7])
+        det = fastmtl.ops.multiclass_nms(boxes[None], scores[None], 0.5, score_threshold=0.0, max_detections=4)
+        assert det.counts.tolist() == [2] and det.indices.tolist() == [[0, 2, -1, -1]], det
+        keep, new = fastmtl.ops.soft_nms(boxes, scores)
+        assert keep.tolist() == [0, 2, 1], keep
+        assert torch.allclose(new, torch.tensor([0.9, 0.7, 0.8 * (1 - 4 / 4.2)])), new
         print("ok")
         """
     )

@@ -1,5 +1,6 @@
 #pragma once
 // Torch-free pieces of non-maximum suppression shared by the CPU and CUDA kernels.
+#include <cmath>
 #include <cstdint>
 
 #include "box_math.h"
@@ -18,6 +19,28 @@ template <typename T, typename Th>
 FASTMTL_HD bool suppresses(const box::Box<T>& a, const box::Box<T>& b, T area_a, T area_b, Th threshold) {
   const box::BoxStats<T> sa{area_a, T(0)}, sb{area_b, T(0)};
   return static_cast<Th>(box::pair_value<box::kIoU>(a, b, sa, sb, T(0), T(0))) > threshold;
+}
+
+// The IoU of kept box a with box b, with NaN (two empty boxes) read as 0: no overlap.
+template <typename T>
+FASTMTL_HD T overlap(const box::Box<T>& a, const box::Box<T>& b, T area_a, T area_b) {
+  const box::BoxStats<T> sa{area_a, T(0)}, sb{area_b, T(0)};
+  const T iou = box::pair_value<box::kIoU>(a, b, sa, sb, T(0), T(0));
+  return iou == iou ? iou : T(0);
+}
+
+enum SoftMethod : int64_t { kLinear = 0, kGaussian = 1 };
+
+// Soft-NMS decay of a score whose box overlaps the selected box by iou: linear, 1 - iou above
+// the threshold; Gaussian, exp(-iou^2 / sigma).
+template <typename T>
+FASTMTL_HD T soft_weight(T iou, int64_t method, T threshold, T sigma) {
+#ifdef __CUDA_ARCH__
+  if (method == kGaussian) return exp(-(iou * iou) / sigma);
+#else
+  if (method == kGaussian) return std::exp(-(iou * iou) / sigma);
+#endif
+  return iou > threshold ? T(1) - iou : T(1);
 }
 
 }  // namespace nms

@@ -13,6 +13,7 @@ __all__ = ["REGISTRY", "load_cases"]
 REGISTRY = {
     "box_iou": "fastmtl.bench.cases_box_iou",
     "nms": "fastmtl.bench.cases_nms",
+    "multiclass_nms": "fastmtl.bench.cases_multiclass_nms",
 }
 
 

@@ -17,11 +17,16 @@ from fastmtl.ops.box_iou_loss import (
     iou_loss,
 )
 from fastmtl.ops.boxes import box_area, box_convert
+from fastmtl.ops.multiclass_nms import Detections, multiclass_nms
 from fastmtl.ops.nms import batched_nms, nms
+from fastmtl.ops.soft_nms import soft_nms
 
 __all__ = [
+    "Detections",
     "batched_nms",
+    "multiclass_nms",
     "nms",
+    "soft_nms",
     "aligned_box_iou",
     "box_area",
     "box_convert",

@@ -7,7 +7,14 @@ import math
 
 import torch
 
-__all__ = ["aligned_box_iou", "compute_dtype", "pairwise_box_iou"]
+__all__ = [
+    "aligned_box_iou",
+    "compute_dtype",
+    "multiclass_nms",
+    "nms",
+    "pairwise_box_iou",
+    "soft_nms",
+]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -72,3 +79,56 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, idxs, iou_threshold: float) -
             keep.append(i)
             removed |= iou[i]
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+
+
+def multiclass_nms(boxes, scores, iou_threshold, score_threshold, max_detections) -> tuple:
+    """Per-image loop of class-aware :func:`nms` over the candidates above the score threshold."""
+    b, n = scores.shape[:2]
+    flat_scores = scores.reshape(b, -1)
+    classes = flat_scores.shape[1] // n if n else 1
+    flat_boxes = boxes.reshape(b, -1, 4)
+    out_boxes = boxes.new_zeros((b, max_detections, 4))
+    out_scores = scores.new_zeros((b, max_detections))
+    out_classes = torch.full((b, max_detections), -1, dtype=torch.int64, device=boxes.device)
+    out_indices = out_classes.clone()
+    counts = torch.zeros(b, dtype=torch.int64, device=boxes.device)
+    for i in range(b):
+        # Compared in float64: the threshold is a Python float.
+        cand = torch.nonzero(flat_scores[i].double() > score_threshold).flatten()
+        box_rows = cand if boxes.dim() == 4 else cand // classes
+        keep = nms(flat_boxes[i][box_rows], flat_scores[i][cand], cand % classes, iou_threshold)
+        keep = cand[keep[:max_detections]]
+        k = keep.numel()
+        out_boxes[i, :k] = flat_boxes[i][keep if boxes.dim() == 4 else keep // classes]
+        out_scores[i, :k] = flat_scores[i][keep]
+        out_classes[i, :k] = keep % classes
+        out_indices[i, :k] = keep // classes
+        counts[i] = k
+    return out_boxes, out_scores, out_classes, out_indices, counts
+
+
+def soft_nms(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method) -> tuple:
+    """Soft-NMS in plain PyTorch; method 0 linear, 1 gaussian (see fastmtl.ops.soft_nms)."""
+    dt = compute_dtype(boxes.dtype)
+    b = boxes.to(dt)
+    score = scores.to(dt).clone()
+    active = score >= score_threshold
+    cls = idxs if idxs is not None else torch.zeros(len(b), dtype=torch.int64, device=b.device)
+    keep, kept = [], []
+    while bool(active.any()):  # one selection per round, by nature sequential
+        best = torch.where(active, score, -math.inf)
+        top = torch.nonzero(best == best.max()).flatten()[0]  # the lowest index among ties
+        keep.append(int(top))
+        kept.append(score[top].clone())
+        active[top] = False
+        iou = torch.nan_to_num(_iou_terms(b[top], b, "iou", 0.0, 0.0), nan=0.0)
+        if method == 1:
+            weight = torch.exp(-(iou * iou) / sigma)
+        else:
+            weight = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))
+        decay = active & (cls == cls[top])
+        score = torch.where(decay, score * weight, score)
+        active &= score >= score_threshold
+    keep_t = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
+    new_scores = torch.stack(kept) if kept else score.new_empty(0)
+    return keep_t, new_scores.to(scores.dtype)

@@ -33,6 +33,18 @@ def _check(boxes, scores, iou_threshold) -> tuple:
     return boxes, scores, float(iou_threshold)
 
 
+def _check_idxs(idxs, boxes: Tensor) -> Tensor:
+    if not isinstance(idxs, Tensor):
+        raise TypeError(f"idxs must be a torch.Tensor, got {type(idxs).__name__}")
+    if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
+        raise InputError(f"idxs must have shape [{boxes.shape[0]}] to match boxes, got {list(idxs.shape)}")
+    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
+        raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
+    if idxs.device != boxes.device:
+        raise InputError(f"idxs must be on the device of boxes, got {idxs.device} and {boxes.device}")
+    return idxs.long()
+
+
 def _check_not_meta(boxes: Tensor) -> None:
     if boxes.device.type == "meta":
         raise InputError("boxes is on the meta device: NMS keeps a data-dependent number of boxes")
@@ -69,15 +81,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         ``Tensor[K]`` int64 indices of the kept boxes in decreasing order of score.
     """
     boxes, scores, iou_threshold = _check(boxes, scores, iou_threshold)
-    if not isinstance(idxs, Tensor):
-        raise TypeError(f"idxs must be a torch.Tensor, got {type(idxs).__name__}")
-    if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
-        raise InputError(f"idxs must have shape [{boxes.shape[0]}] to match boxes, got {list(idxs.shape)}")
-    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
-        raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
-    if idxs.device != boxes.device:
-        raise InputError(f"idxs must be on the device of boxes, got {idxs.device} and {boxes.device}")
-    idxs = idxs.long()
+    idxs = _check_idxs(idxs, boxes)
     _check_not_meta(boxes)
     if use_compiled(boxes):
         return torch.ops.fastmtl.batched_nms(boxes, scores, idxs, iou_threshold)

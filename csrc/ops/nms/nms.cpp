@@ -3,7 +3,12 @@
 
 #include <torch/library.h>
 
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+
 #include <cmath>
+
+#include "../../kernels/nms.h"
 
 namespace fastmtl {
 
@@ -33,6 +38,46 @@ void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at:
   TORCH_CHECK(!std::isnan(iou_threshold), "iou_threshold must not be NaN");
 }
 
+void check_multiclass_nms_args(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
+                               double score_threshold, int64_t max_detections) {
+  TORCH_CHECK(scores.dim() == 2 || scores.dim() == 3, "scores must have shape [B, N] or [B, N, C], got ",
+              scores.sizes());
+  const bool per_class = boxes.dim() == 4;
+  TORCH_CHECK((boxes.dim() == 3 || per_class) && boxes.size(-1) == 4,
+              "boxes must have shape [B, N, 4] or [B, N, C, 4], got ", boxes.sizes());
+  TORCH_CHECK(boxes.size(0) == scores.size(0) && boxes.size(1) == scores.size(1),
+              "boxes and scores must agree on B and N, got ", boxes.sizes(), " and ", scores.sizes());
+  TORCH_CHECK(!per_class || (scores.dim() == 3 && boxes.size(2) == scores.size(2)),
+              "boxes of shape [B, N, C, 4] need scores of shape [B, N, C], got ", boxes.sizes(), " and ",
+              scores.sizes());
+  TORCH_CHECK(is_box_float(boxes.scalar_type()), "boxes must be float32, float64, float16 or bfloat16, got ",
+              boxes.scalar_type());
+  TORCH_CHECK(is_box_float(scores.scalar_type()), "scores must be float32, float64, float16 or bfloat16, got ",
+              scores.scalar_type());
+  TORCH_CHECK(boxes.device() == scores.device(), "boxes and scores must be on the same device, got ",
+              boxes.device(), " and ", scores.device());
+  TORCH_CHECK(!std::isnan(iou_threshold), "iou_threshold must not be NaN");
+  TORCH_CHECK(!std::isnan(score_threshold), "score_threshold must not be NaN");
+  TORCH_CHECK(max_detections >= 0, "max_detections must be >= 0, got ", max_detections);
+}
+
+void check_soft_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
+                         double iou_threshold, double sigma, double score_threshold, int64_t method) {
+  check_nms_args(boxes, scores, idxs ? &*idxs : nullptr, iou_threshold);
+  TORCH_CHECK(method == nms::kLinear || method == nms::kGaussian,
+              "method must be 0 (linear) or 1 (gaussian), got ", method);
+  TORCH_CHECK(sigma > 0, "sigma must be > 0, got ", sigma);
+  TORCH_CHECK(!std::isnan(score_threshold), "score_threshold must not be NaN");
+}
+
+Detections empty_detections(const at::Tensor& boxes, const at::Tensor& scores,
+                                         int64_t max_detections) {
+  const int64_t b = boxes.size(0), k = max_detections;
+  const auto longs = boxes.options().dtype(at::kLong);
+  return {at::zeros({b, k, 4}, boxes.options()), at::zeros({b, k}, scores.options()), at::full({b, k}, -1, longs),
+          at::full({b, k}, -1, longs), at::zeros({b}, longs)};
+}
+
 }  // namespace fastmtl
 
 TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
@@ -40,4 +85,13 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   // index first). batched_nms suppresses only within the same idxs value.
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  // Class-aware NMS of many images at once with fixed-size outputs (boxes [B, K, 4], scores
+  // [B, K], classes [B, K], indices [B, K], counts [B]; K = max_detections; padding 0 / -1).
+  m.def(
+      "multiclass_nms(Tensor boxes, Tensor scores, float iou_threshold, float score_threshold, "
+      "int max_detections) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Soft-NMS: kept indices in selection order and their decayed scores. method: 0 linear, 1 gaussian.
+  m.def(
+      "soft_nms(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, float sigma, "
+      "float score_threshold, int method) -> (Tensor, Tensor)");
 }

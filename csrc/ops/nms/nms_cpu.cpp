@@ -61,16 +61,6 @@ std::vector<int64_t> greedy_nms(const std::vector<T>& cols, int64_t n, T thresho
   return kept;
 }
 
-// torchvision's CPU kernel compares the IoU with a double threshold. For a float IoU x,
-// x > d holds exactly when x > the largest float <= d, so the comparison can stay in float
-// (twice as many lanes) with the same results.
-template <typename T>
-T threshold_below(double d) {
-  T t = static_cast<T>(d);
-  if (static_cast<double>(t) > d) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
-  return t;
-}
-
 // Columns x1 | y1 | x2 | y2 | area of the boxes at positions order[begin..end), in that order.
 template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
 std::vector<T> gather_columns(const scalar_t* boxes, const int64_t* order, int64_t begin, int64_t end) {
