@@ -26,7 +26,8 @@ build: $(VENV)/.built
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_SPEC) ninja numpy pytest pytest-benchmark ruff setuptools wheel
+	$(PIP) install -q $(TORCH_SPEC) ninja numpy pytest pytest-benchmark ruff setuptools wheel \
+		tqdm matplotlib pillow scikit-image
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

@@ -99,7 +99,11 @@ setup(
     packages=find_packages(include=["fastmtl", "fastmtl.*"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "torchvision"]},
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "torchvision"],
+        # The demos: progress bars, plots, PNGs and the sample photos of scikit-image.
+        "demo": ["tqdm", "matplotlib", "pillow", "scikit-image"],
+    },
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["fastmtl=fastmtl.cli:main"]},

@@ -24,7 +24,7 @@ def test_import_and_ops_without_extension():
         assert torch.allclose(iou, torch.tensor([[0.2], [0.5]])), iou
         boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.1], [5.0, 5.0, 6.0, 6.0]])
         scores = torch.tensor([0.9, 0.8, 0.7])
-        det = fastmtl.ops.multiclass_nms(boxes[None], scores[None], 0.5, score_threshold=0.0, max_detections=4)
+        det = fastmtl.ops.multiclass_nms(boxes[None], scores[None], 0.5, score_threshold=0, max_detections=4)
         assert det.counts.tolist() == [2] and det.indices.tolist() == [[0, 2, -1, -1]], det
         keep, new = fastmtl.ops.soft_nms(boxes, scores)
         assert keep.tolist() == [0, 2, 1], keep

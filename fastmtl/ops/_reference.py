@@ -84,9 +84,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, idxs, iou_threshold: float) -
 def multiclass_nms(boxes, scores, iou_threshold, score_threshold, max_detections) -> tuple:
     """Per-image loop of class-aware :func:`nms` over the candidates above the score threshold."""
     b, n = scores.shape[:2]
-    flat_scores = scores.reshape(b, -1)
-    classes = flat_scores.shape[1] // n if n else 1
-    flat_boxes = boxes.reshape(b, -1, 4)
+    classes = scores.shape[2] if scores.dim() == 3 else 1
+    flat_scores = scores.reshape(b, n * classes)
+    flat_boxes = boxes.reshape(b, -1 if b else 0, 4)
     out_boxes = boxes.new_zeros((b, max_detections, 4))
     out_scores = scores.new_zeros((b, max_detections))
     out_classes = torch.full((b, max_detections), -1, dtype=torch.int64, device=boxes.device)

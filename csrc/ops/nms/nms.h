@@ -23,6 +23,14 @@ T threshold_below(double d) {
   return t;
 }
 
+// For a float x, x >= d holds exactly when x >= the smallest float >= d.
+template <typename T>
+T threshold_at_or_above(double d) {
+  T t = static_cast<T>(d);
+  if (static_cast<double>(t) < d) t = std::nextafter(t, std::numeric_limits<T>::infinity());
+  return t;
+}
+
 // Checks of multiclass_nms: boxes [B, N, 4] or [B, N, C, 4], scores [B, N] or [B, N, C].
 void check_multiclass_nms_args(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
                                double score_threshold, int64_t max_detections);

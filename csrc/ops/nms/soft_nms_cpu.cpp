@@ -92,16 +92,16 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const a
     using T = at::opmath_type<scalar_t>;
     // Scores are decayed in the boxes' compute type.
     const auto s = scores.to(c10::CppTypeToScalarType<T>::value).contiguous();
+    // Thresholds compare as the doubles they are (see threshold_below).
+    const T iou_t = threshold_below<T>(iou_threshold), score_t = threshold_at_or_above<T>(score_threshold);
     Active<T> a = initial_active(b.const_data_ptr<scalar_t>(), s.const_data_ptr<T>(),
-                                 idxs ? c.const_data_ptr<int64_t>() : nullptr, b.size(0),
-                                 static_cast<T>(score_threshold));
+                                 idxs ? c.const_data_ptr<int64_t>() : nullptr, b.size(0), score_t);
     std::vector<T> values;
     while (a.size > 0) {
       const int64_t best = best_position(a.score.data(), a.size);
       keep.push_back(a.index[best]);
       values.push_back(a.score[best]);
-      decay_and_compact(a, best, method, static_cast<T>(iou_threshold), static_cast<T>(sigma),
-                        static_cast<T>(score_threshold));
+      decay_and_compact(a, best, method, iou_t, static_cast<T>(sigma), score_t);
     }
     kept_scores = at::empty({static_cast<int64_t>(values.size())}, s.options());
     std::copy(values.begin(), values.end(), kept_scores.mutable_data_ptr<T>());

@@ -65,15 +65,16 @@ __device__ Best<T> block_best(Best<T> mine, Best<T>* warp_best) {
   return best;
 }
 
+template <typename T>
 struct Params {
   int64_t n, method;
-  double iou_threshold, sigma, score_threshold;
+  T iou_threshold, sigma, score_threshold;
 };
 
 // score: the current scores (decayed in place); active: 1 while a box may still be selected.
 template <typename box_t, typename T>
 __global__ void __launch_bounds__(kThreads)
-    soft_nms_kernel(const box_t* __restrict__ boxes, const int64_t* __restrict__ cls, Params p,
+    soft_nms_kernel(const box_t* __restrict__ boxes, const int64_t* __restrict__ cls, Params<T> p,
                     T* __restrict__ score, uint8_t* __restrict__ active, int64_t* __restrict__ keep,
                     T* __restrict__ kept_scores, int64_t* __restrict__ count) {
   __shared__ Best<T> warp_best[kWarps];
@@ -121,9 +122,11 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& boxes, const 
   at::Tensor keep = at::empty({n}, b.options().dtype(at::kLong)), kept_scores;
   auto count = at::zeros({1}, b.options().dtype(at::kLong));
   if (n == 0) return {keep, at::empty({0}, scores.options())};
-  const Params params{n, method, iou_threshold, sigma, score_threshold};
   FASTMTL_DISPATCH_BOXES(b.scalar_type(), "soft_nms_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
+    // Thresholds compare as the doubles they are (see threshold_below), as on the CPU.
+    const Params<T> params{n, method, threshold_below<T>(iou_threshold), static_cast<T>(sigma),
+                           threshold_at_or_above<T>(score_threshold)};
     // Scores are decayed in the boxes' compute type, in a copy.
     auto work = scores.to(c10::CppTypeToScalarType<T>::value, /*non_blocking=*/false, /*copy=*/true).contiguous();
     auto active = at::empty({n}, b.options().dtype(at::kByte));
