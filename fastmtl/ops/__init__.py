@@ -18,8 +18,15 @@ from fastmtl.ops.box_iou_loss import (
 )
 from fastmtl.ops.boxes import box_area, box_convert
 from fastmtl.ops.nms import batched_nms, nms
+from fastmtl.ops.poolers import MultiScaleRoIAlign
+from fastmtl.ops.roi import RoIAlign, RoIPool, roi_align, roi_pool
 
 __all__ = [
+    "MultiScaleRoIAlign",
+    "RoIAlign",
+    "RoIPool",
+    "roi_align",
+    "roi_pool",
     "batched_nms",
     "nms",
     "aligned_box_iou",
