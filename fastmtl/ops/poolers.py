@@ -24,14 +24,21 @@ def infer_scale(feature: Tensor, image_size) -> float:
 
 
 def map_levels(
-    boxes: list, k_min: int, k_max: int, canonical_scale: int = 224, canonical_level: int = 4, eps: float = 1e-6
+    boxes: list,
+    k_min: int,
+    k_max: int,
+    canonical_scale: int = 224,
+    canonical_level: int = 4,
+    eps: float = 1e-6,
 ) -> Tensor:
     """The pyramid level of every box (concatenated over the list), as an index from ``k_min``."""
     b = torch.cat(list(boxes))
     if b.dtype in (torch.float16, torch.bfloat16):
         b = b.float()  # the area of a large box overflows float16
     side = torch.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
-    level = torch.floor(canonical_level + torch.log2(side / canonical_scale) + torch.tensor(eps, dtype=side.dtype))
+    level = torch.floor(
+        canonical_level + torch.log2(side / canonical_scale) + torch.tensor(eps, dtype=side.dtype)
+    )
     return (level.clamp(min=k_min, max=k_max).to(torch.int64) - k_min).to(torch.int64)
 
 

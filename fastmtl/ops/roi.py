@@ -37,7 +37,9 @@ def _rois(boxes) -> Tensor:
     """boxes as a ``[K, 5]`` tensor, converting a list of ``[L, 4]`` as torchvision does."""
     if isinstance(boxes, Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 5:
-            raise BoxesShapeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {list(boxes.shape)}")
+            raise BoxesShapeError(
+                f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {list(boxes.shape)}"
+            )
         return boxes
     if not isinstance(boxes, (list, tuple)):
         raise BoxesShapeError(
@@ -182,7 +184,9 @@ def _register() -> None:
     lib = "fastmtl::"
 
     @torch.library.register_fake(lib + "roi_align")
-    def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, deterministic=False):
+    def _(
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, deterministic=False
+    ):
         return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
     @torch.library.register_fake(lib + "roi_pool")

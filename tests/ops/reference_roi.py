@@ -11,7 +11,9 @@ __all__ = ["roi_align_ref", "roi_pool_ref", "rois_from_list"]
 
 def rois_from_list(boxes: list) -> torch.Tensor:
     """``[K, 5]`` rows (image index, x1, y1, x2, y2) from one ``[L, 4]`` tensor per image."""
-    return torch.cat([torch.cat([torch.full((len(b), 1), float(i), dtype=b.dtype), b], 1) for i, b in enumerate(boxes)])
+    return torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i), dtype=b.dtype), b], 1) for i, b in enumerate(boxes)]
+    )
 
 
 def _bilinear(plane: torch.Tensor, y: float, x: float) -> torch.Tensor:
@@ -34,7 +36,10 @@ def _bilinear(plane: torch.Tensor, y: float, x: float) -> torch.Tensor:
     ly, lx = y - y0, x - x0
     hy, hx = 1 - ly, 1 - lx
     return (
-        hy * hx * plane[:, y0, x0] + hy * lx * plane[:, y0, x1] + ly * hx * plane[:, y1, x0] + ly * lx * plane[:, y1, x1]
+        hy * hx * plane[:, y0, x0]
+        + hy * lx * plane[:, y0, x1]
+        + ly * hx * plane[:, y1, x0]
+        + ly * lx * plane[:, y1, x1]
     )
 
 

@@ -16,9 +16,9 @@ tv_ops = pytest.importorskip("torchvision.ops")
 def pyramid(gen, n=2, c=4, size=64, levels=(1, 2, 3), dtype=torch.float64):
     """Features at strides 2^l for l in ``levels`` (plus an unused one), for images ``size`` wide."""
     feats = OrderedDict()
-    for l in levels:
-        s = size // 2**l
-        feats[f"p{l}"] = torch.randn(n, c, s, s, generator=gen, dtype=torch.float64).to(dtype)
+    for lvl in levels:
+        s = size // 2**lvl
+        feats[f"p{lvl}"] = torch.randn(n, c, s, s, generator=gen, dtype=torch.float64).to(dtype)
     feats["unused"] = torch.randn(n, c, 3, 3, generator=gen, dtype=torch.float64).to(dtype)
     return feats
 

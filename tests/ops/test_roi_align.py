@@ -10,7 +10,15 @@ import torch
 from fastmtl import ops
 from fastmtl.ops._checks import BoxesShapeError, InputError
 from tests.ops.reference_roi import roi_align_ref, rois_from_list
-from tests.utils import DEVICES, DISPATCH_DEVICES, FLOAT_DTYPES, HALF_DTYPES, assert_close, compiled_only, cuda
+from tests.utils import (
+    DEVICES,
+    DISPATCH_DEVICES,
+    FLOAT_DTYPES,
+    HALF_DTYPES,
+    assert_close,
+    compiled_only,
+    cuda,
+)
 
 roi_module = importlib.import_module("fastmtl.ops.roi")
 tv_ops = pytest.importorskip("torchvision.ops")
@@ -118,7 +126,9 @@ def test_empty_and_degenerate(device, gen):
     for aligned in (False, True):
         for sr in (-1, 2):
             got = ops.roi_align(x, rois, 3, 1.0, sr, aligned)
-            assert_close(got.cpu(), roi_align_ref(x.cpu(), rois.cpu(), 3, 1.0, sr, aligned), **tol(torch.float64))
+            assert_close(
+                got.cpu(), roi_align_ref(x.cpu(), rois.cpu(), 3, 1.0, sr, aligned), **tol(torch.float64)
+            )
     one = x[:, :, :1, :1].contiguous()  # a 1 x 1 map
     got = ops.roi_align(one, rois, 2, 1.0, 2)
     assert_close(got.cpu(), roi_align_ref(one.cpu(), rois.cpu(), 2, 1.0, 2), **tol(torch.float64))
@@ -160,7 +170,9 @@ def test_channels_last_and_non_contiguous(device, gen, seed):
 
 def test_large_coordinates_and_many_samples(gen, seed):
     x = make_input(1, 2, 8, 8, gen=gen)
-    rois = torch.tensor([[0, -1e6, -1e6, 1e6, 1e6], [0, 1e5, 1e5, 1e5 + 40, 1e5 + 40], [0, 0, 0, 300, 90]]).double()
+    rois = torch.tensor(
+        [[0, -1e6, -1e6, 1e6, 1e6], [0, 1e5, 1e5, 1e5 + 40, 1e5 + 40], [0, 0, 0, 300, 90]]
+    ).double()
     got = ops.roi_align(x, rois, 2, 1.0, 2)
     assert_close(got, tv_ops.roi_align(x, rois, 2, 1.0, 2), msg=f"seed={seed}")
     got = ops.roi_align(x, rois[2:], 2, 1.0, -1)  # 150 x 45 samples per bin
@@ -188,7 +200,9 @@ def test_backward_is_deterministic_on_cpu(gen):
 def test_gradcheck(device, sampling_ratio, aligned, gen):
     x = make_input(2, 2, 5, 6, gen=gen, device=device).requires_grad_()
     rois = make_rois(4, 2, 5, 6, gen=gen, device=device)
-    assert torch.autograd.gradcheck(lambda t: ops.roi_align(t, rois, (2, 3), 1.0, sampling_ratio, aligned), (x,))
+    assert torch.autograd.gradcheck(
+        lambda t: ops.roi_align(t, rois, (2, 3), 1.0, sampling_ratio, aligned), (x,)
+    )
 
 
 def test_module_form(gen):
@@ -255,7 +269,8 @@ def test_opcheck(device, dtype, gen):
         )
         g = torch.randn(5, 3, 2, 3, generator=gen).to(device, dtype)
         torch.library.opcheck(
-            torch.ops.fastmtl._roi_align_backward.default, (g, rois, 0.5, 2, 3, 2, 3, 6, 7, sr, aligned, False)
+            torch.ops.fastmtl._roi_align_backward.default,
+            (g, rois, 0.5, 2, 3, 2, 3, 6, 7, sr, aligned, False),
         )
     torch.library.opcheck(torch.ops.fastmtl.roi_align.default, (x, rois[:0], 1.0, 2, 2, 2, False, False))
 
@@ -356,7 +371,8 @@ def test_cuda_deterministic_backward_repeats_exactly(gen):
     rois = make_rois(500, 2, 32, 32, gen=gen, dtype=torch.float32, device="cuda")
     grad = torch.randn(500, 16, 7, 7, generator=gen).cuda()
     runs = [
-        torch.autograd.grad(ops.roi_align(x, rois, 7, 1.0, 2, deterministic=True), x, grad)[0] for _ in range(3)
+        torch.autograd.grad(ops.roi_align(x, rois, 7, 1.0, 2, deterministic=True), x, grad)[0]
+        for _ in range(3)
     ]
     assert all(torch.equal(runs[0], r) for r in runs[1:])
     # and torch.use_deterministic_algorithms selects it
