@@ -15,6 +15,10 @@ OPS = (
     "fastmtl::_pairwise_box_iou_backward",
     "fastmtl::aligned_box_iou",
     "fastmtl::_aligned_box_iou_backward",
+    "fastmtl::roi_align",
+    "fastmtl::_roi_align_backward",
+    "fastmtl::roi_pool",
+    "fastmtl::_roi_pool_backward",
 )
 ROOT = Path(__file__).resolve().parents[1]
 

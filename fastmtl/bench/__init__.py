@@ -1,7 +1,8 @@
 """Benchmarks of fastmtl against the alternatives a user has; run with ``fastmtl bench``.
 
 Each op family has a module with ``cases(device, quick) -> list[Case]`` (see
-:mod:`fastmtl.bench.harness`); add it to :data:`REGISTRY` and the CLI finds it. The registry
+:mod:`fastmtl.bench.harness`), or another function named as ``"module:function"``; add it to
+:data:`REGISTRY` and the CLI finds it. The registry
 holds module names, imported only when that family runs, so ``fastmtl --help`` does not
 import torchvision or torch.compile's machinery.
 """
@@ -14,6 +15,8 @@ REGISTRY = {
     "box_iou": "fastmtl.bench.cases_box_iou",
     "nms": "fastmtl.bench.cases_nms",
     "multiclass_nms": "fastmtl.bench.cases_multiclass_nms",
+    "roi_align": "fastmtl.bench.cases_roi:align_cases",
+    "roi_pool": "fastmtl.bench.cases_roi:pool_cases",
 }
 
 
@@ -21,4 +24,5 @@ def load_cases(op: str, device: str, quick: bool = False) -> list:
     """The cases of one registered op family on ``device`` ("cpu" or "cuda")."""
     if op not in REGISTRY:
         raise KeyError(f"unknown benchmark {op!r}; registered: {sorted(REGISTRY)}")
-    return importlib.import_module(REGISTRY[op]).cases(device, quick)
+    module, _, function = REGISTRY[op].partition(":")
+    return getattr(importlib.import_module(module), function or "cases")(device, quick)

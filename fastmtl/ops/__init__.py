@@ -19,10 +19,17 @@ from fastmtl.ops.box_iou_loss import (
 from fastmtl.ops.boxes import box_area, box_convert
 from fastmtl.ops.multiclass_nms import Detections, multiclass_nms
 from fastmtl.ops.nms import batched_nms, nms
+from fastmtl.ops.poolers import MultiScaleRoIAlign
+from fastmtl.ops.roi import RoIAlign, RoIPool, roi_align, roi_pool
 from fastmtl.ops.soft_nms import soft_nms
 
 __all__ = [
     "Detections",
+    "MultiScaleRoIAlign",
+    "RoIAlign",
+    "RoIPool",
+    "roi_align",
+    "roi_pool",
     "batched_nms",
     "multiclass_nms",
     "nms",

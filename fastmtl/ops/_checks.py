@@ -3,12 +3,17 @@
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-__all__ = ["InputError", "check_box_pair", "check_boxes", "check_reduction"]
+__all__ = ["BoxesShapeError", "InputError", "check_box_pair", "check_boxes", "check_reduction"]
 
 
 class InputError(ValueError, RuntimeError):
     """Bad input to a fastmtl op. A ValueError, and a RuntimeError too, as torchvision's C++
     checks raise, so code written against torchvision.ops catches it unchanged."""
+
+
+class BoxesShapeError(InputError, AssertionError):
+    """``boxes`` of a RoI op is neither ``Tensor[K, 5]`` nor a list of ``Tensor[L, 4]``. Also an
+    AssertionError, which is what torchvision's RoI ops raise for it (``torch._assert``)."""
 
 
 _BOX_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

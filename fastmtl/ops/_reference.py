@@ -13,6 +13,8 @@ __all__ = [
     "multiclass_nms",
     "nms",
     "pairwise_box_iou",
+    "roi_align",
+    "roi_pool",
     "soft_nms",
 ]
 
@@ -132,3 +134,103 @@ def soft_nms(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method)
     keep_t = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
     new_scores = torch.stack(kept) if kept else score.new_empty(0)
     return keep_t, new_scores.to(scores.dtype)
+
+
+def _align_axis_weights(lo, hi, scale, pooled, size, sampling_ratio, aligned):
+    """``A[k, p, i]``: the summed bilinear weight of pixel ``i`` in the samples of bin ``p`` of roi
+    ``k`` along one axis (csrc/kernels/roi.h), and the number of samples per bin ``grid[k]``."""
+    offset = 0.5 if aligned else 0.0
+    start = lo * scale - offset
+    length = hi * scale - offset - start
+    if not aligned:
+        length = length.clamp(min=1.0)
+    bin_size = length / pooled
+    if sampling_ratio > 0:
+        grid = torch.full_like(length, float(sampling_ratio))
+    else:
+        grid = torch.ceil(length / pooled).clamp(min=0)
+    k = lo.shape[0]
+    g_max = int(grid.max().item()) if k else 0
+    p = torch.arange(pooled, dtype=lo.dtype, device=lo.device)[None, :, None]
+    i = torch.arange(g_max, dtype=lo.dtype, device=lo.device)[None, None, :]
+    g = grid[:, None, None]
+    pos = start[:, None, None] + p * bin_size[:, None, None] + (i + 0.5) * bin_size[:, None, None] / g
+    valid = (i < g) & (pos >= -1) & (pos <= size)
+    pos = pos.clamp(min=0)
+    low = pos.floor().clamp(max=size - 1)
+    at_end = pos.floor() >= size - 1
+    high = torch.where(at_end, low, low + 1)
+    frac = torch.where(at_end, torch.zeros_like(pos), pos - low)
+    weights = torch.zeros(k, pooled, size, dtype=lo.dtype, device=lo.device)
+    zero = torch.zeros_like(pos)
+    for idx, w in ((low, 1 - frac), (high, frac)):
+        w = torch.where(valid, w, zero)
+        weights.scatter_add_(2, idx.long().clamp(0, size - 1), w)
+    return weights, grid
+
+
+def roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    """RoI align in plain PyTorch, differentiable in ``input``: per image, the separable
+    interpolation ``A_y X A_x^T / count``. Rois whose batch index names no image give zeros."""
+    n, c, h, w = input.shape
+    dt = compute_dtype(input.dtype)
+    x, r = input.to(dt), rois.to(dt)
+    k = r.shape[0]
+    out = x.new_zeros((k, c, pooled_height, pooled_width))
+    if k == 0 or h == 0 or w == 0:
+        return out.to(input.dtype)
+    ay, gy = _align_axis_weights(r[:, 2], r[:, 4], spatial_scale, pooled_height, h, sampling_ratio, aligned)
+    ax, gx = _align_axis_weights(r[:, 1], r[:, 3], spatial_scale, pooled_width, w, sampling_ratio, aligned)
+    count = (gy * gx).clamp(min=1)
+    batch = r[:, 0].trunc()
+    for b in range(n):
+        sel = torch.nonzero((r[:, 0] > -1) & (batch == b)).flatten()
+        if sel.numel():
+            rows = torch.einsum("kph,chw->kcpw", ay[sel], x[b])
+            val = torch.einsum("kcpw,kqw->kcpq", rows, ax[sel]) / count[sel, None, None, None]
+            out = out.index_put((sel,), val)
+    return out.to(input.dtype)
+
+
+def _round_half_away(v: float) -> int:
+    """C's round(): halves away from zero (torch.round rounds them to even)."""
+    r = math.floor(abs(v))
+    if abs(v) - r >= 0.5:
+        r += 1
+    return int(math.copysign(r, v))
+
+
+def roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
+    """RoI max pooling in plain PyTorch (a loop over rois), differentiable in ``input``: the gradient
+    of a bin goes to its max. Bin bounds are computed in the compute dtype, as the kernels do."""
+    n, c, h, w = input.shape
+    dt = compute_dtype(input.dtype)
+    x, r = input.to(dt), rois.to(dt)
+    scale = torch.tensor(spatial_scale, dtype=dt)
+
+    def bounds(lo, hi, pooled, size):
+        start, end = (_round_half_away(float(v * scale)) for v in (lo, hi))
+        bin_size = torch.tensor(float(max(end - start + 1, 1)), dtype=dt) / pooled
+        for p in range(pooled):
+            first = int(torch.floor(p * bin_size)) + start
+            last = int(torch.ceil((p + 1) * bin_size)) + start
+            yield min(max(first, 0), size), min(max(last, 0), size)
+
+    zero = x.new_zeros(c)
+    out = []
+    for roi in r:
+        b = int(roi[0].trunc())
+        if not 0 <= b < n:
+            out.append(x.new_zeros((c, pooled_height * pooled_width)))
+            continue
+        rows = list(bounds(roi[2], roi[4], pooled_height, h))
+        cols = list(bounds(roi[1], roi[3], pooled_width, w))
+        bins = [
+            x[b, :, h0:h1, w0:w1].reshape(c, -1).max(dim=1).values if h1 > h0 and w1 > w0 else zero
+            for h0, h1 in rows
+            for w0, w1 in cols
+        ]
+        out.append(torch.stack(bins, dim=1))
+    if not out:
+        return input.new_zeros((0, c, pooled_height, pooled_width))
+    return torch.stack(out).reshape(-1, c, pooled_height, pooled_width).to(input.dtype)

@@ -1,0 +1,70 @@
+// Schemas and argument checks of RoI align and RoI pool (the calls of torchvision's ops, plus a
+// `deterministic` flag that picks roi_align's CUDA backward).
+#include "roi.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace fastmtl {
+
+static bool is_roi_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+static void check_sizes(double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
+  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, "output_size must be positive, got (", pooled_height, ", ",
+              pooled_width, ")");
+  TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, "spatial_scale must be finite and > 0, got ",
+              spatial_scale);
+}
+
+static void check_rois(const at::Tensor& rois) {
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "rois must have shape [K, 5], got ", rois.sizes());
+}
+
+void check_roi_args(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_height,
+                    int64_t pooled_width) {
+  TORCH_CHECK(input.dim() == 4, "input must have shape [N, C, H, W], got ", input.sizes());
+  check_rois(rois);
+  TORCH_CHECK(is_roi_float(input.scalar_type()), "input must be float32, float64, float16 or bfloat16, got ",
+              input.scalar_type());
+  TORCH_CHECK(rois.scalar_type() == input.scalar_type(), "rois must have the dtype of input, got ",
+              rois.scalar_type(), " and ", input.scalar_type());
+  TORCH_CHECK(rois.device() == input.device(), "rois must be on the device of input, got ", rois.device(),
+              " and ", input.device());
+  check_sizes(spatial_scale, pooled_height, pooled_width);
+}
+
+void check_roi_grad(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale, int64_t pooled_height,
+                    int64_t pooled_width, int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
+  check_rois(rois);
+  check_sizes(spatial_scale, pooled_height, pooled_width);
+  TORCH_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0,
+              "input sizes must be >= 0, got [", batch_size, ", ", channels, ", ", height, ", ", width, "]");
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
+              "grad must have shape [", rois.size(0), ", ", channels, ", ", pooled_height, ", ", pooled_width,
+              "], got ", grad.sizes());
+  TORCH_CHECK(is_roi_float(grad.scalar_type()) && grad.scalar_type() == rois.scalar_type(),
+              "grad must have the dtype of rois, got ", grad.scalar_type(), " and ", rois.scalar_type());
+  TORCH_CHECK(grad.device() == rois.device(), "grad must be on the device of rois, got ", grad.device(), " and ",
+              rois.device());
+}
+
+}  // namespace fastmtl
+
+TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
+  // input [N, C, H, W], rois [K, 5] = (batch index, x1, y1, x2, y2) -> [K, C, pooled_height,
+  // pooled_width] in the dtype of input. deterministic only matters to the CUDA backward.
+  m.def("roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width,"
+        " int sampling_ratio, bool aligned, bool deterministic=False) -> Tensor");
+  m.def("_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height,"
+        " SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width,"
+        " int sampling_ratio, bool aligned, bool deterministic=False) -> Tensor");
+  // -> (output, argmax int32: index h * W + w of the max in its plane, -1 for an empty bin)
+  m.def("roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width)"
+        " -> (Tensor, Tensor)");
+  m.def("_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height,"
+        " SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+}

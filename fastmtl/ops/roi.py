@@ -1,0 +1,240 @@
+"""RoI align (Mask R-CNN) and RoI pool (Fast R-CNN) with the calls, results and gradients of
+torchvision.ops.roi_align / roi_pool, and their nn.Module forms RoIAlign and RoIPool.
+
+Boxes are ``Tensor[K, 5]`` rows ``(batch index, x1, y1, x2, y2)`` or a list of ``Tensor[L, 4]``
+(one per image), in image coordinates; ``spatial_scale`` maps them onto the feature map.
+float16 and bfloat16 inputs are computed in float32 and returned in their own dtype.
+
+Checks: on the CPU the batch indices are checked against ``input`` (and the coordinates must be
+finite). On CUDA they are not, to avoid a device sync: a roi whose batch index names no image
+gives zeros (and no gradient).
+"""
+
+import math
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from fastmtl._ext import has_compiled_ops, use_compiled
+from fastmtl.ops import _reference
+from fastmtl.ops._checks import BoxesShapeError, InputError, _has_data
+
+__all__ = ["RoIAlign", "RoIPool", "roi_align", "roi_pool"]
+
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _output_size(output_size) -> tuple:
+    size = (output_size, output_size) if isinstance(output_size, int) else output_size
+    ok = isinstance(size, (tuple, list)) and len(size) == 2
+    if not ok or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise InputError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _rois(boxes) -> Tensor:
+    """boxes as a ``[K, 5]`` tensor, converting a list of ``[L, 4]`` as torchvision does."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise BoxesShapeError(
+                f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {list(boxes.shape)}"
+            )
+        return boxes
+    if not isinstance(boxes, (list, tuple)):
+        raise BoxesShapeError(
+            f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
+        )
+    for i, b in enumerate(boxes):
+        if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4:
+            got = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
+            raise BoxesShapeError(f"boxes[{i}] must be a Tensor[L, 4], got {got}")
+    if not boxes:
+        raise BoxesShapeError("boxes is an empty list: give one Tensor[L, 4] per image")
+    ids = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
+    return torch.cat([torch.cat(ids), torch.cat(list(boxes))], dim=1)
+
+
+def _check(input, boxes, output_size, spatial_scale) -> tuple:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise InputError(f"input must have shape [N, C, H, W], got {list(input.shape)}")
+    if input.dtype not in _FLOATS:
+        raise InputError(f"input must be float32, float64, float16 or bfloat16, got {input.dtype}")
+    rois = _rois(boxes)
+    if rois.dtype != input.dtype:  # torchvision's kernels require it too
+        raise InputError(f"boxes must have the dtype of input, got {rois.dtype} and {input.dtype}")
+    if rois.device != input.device:
+        raise InputError(f"boxes must be on the device of input, got {rois.device} and {input.device}")
+    pooled = _output_size(output_size)
+    is_number = isinstance(spatial_scale, (int, float)) and not isinstance(spatial_scale, bool)
+    if not is_number or not (0 < spatial_scale < math.inf):
+        raise InputError(f"spatial_scale must be a finite number > 0, got {spatial_scale!r}")
+    # Values are checked on the CPU only: on CUDA this would wait for the device.
+    if rois.device.type == "cpu" and rois.numel() and not torch.compiler.is_compiling() and _has_data(rois):
+        if not bool(torch.isfinite(rois).all()):
+            raise InputError("boxes contains NaN or infinite values")
+        idx = rois[:, 0]
+        if bool((idx <= -1).any()) or bool((idx >= input.shape[0]).any()):
+            raise InputError(
+                f"boxes: batch indices must be in [0, {input.shape[0]}) (the batch size of input), "
+                f"got values in [{idx.min().item()}, {idx.max().item()}]"
+            )
+    return rois, pooled, float(spatial_scale)
+
+
+def roi_align(
+    input: Tensor,
+    boxes: Union[Tensor, list],
+    output_size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    deterministic: bool = False,
+) -> Tensor:
+    """RoI align with average pooling (Mask R-CNN), as ``torchvision.ops.roi_align``.
+
+    Args:
+        input: ``Tensor[N, C, H, W]`` float32/float64/float16/bfloat16 (any memory format).
+        boxes: ``Tensor[K, 5]`` of ``(batch index, x1, y1, x2, y2)``, or a list of ``N`` or fewer
+            ``Tensor[L, 4]`` (one per image); the dtype and device of ``input``.
+        output_size: ``int`` or ``(height, width)`` of the output bins.
+        spatial_scale: maps box coordinates onto ``input`` (e.g. 1/16 for stride 16).
+        sampling_ratio: bilinear samples per bin along each axis; ``<= 0``: adaptive,
+            ``ceil(roi size / output size)``.
+        aligned: shift the boxes by -0.5 pixel (Detectron2); when False, rois are at least 1x1.
+        deterministic: on CUDA, a backward without atomics whose result does not vary from run
+            to run (slower); also used when ``torch.use_deterministic_algorithms(True)``. The CPU
+            backward is always deterministic.
+
+    Returns:
+        ``Tensor[K, C, output_size[0], output_size[1]]`` in the dtype of ``input``,
+        differentiable with respect to ``input``.
+    """
+    rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale)
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
+        raise InputError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    aligned = bool(aligned)
+    deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
+    if use_compiled(input):
+        return torch.ops.fastmtl.roi_align(input, rois, scale, ph, pw, sampling_ratio, aligned, deterministic)
+    return _reference.roi_align(input, rois, scale, ph, pw, sampling_ratio, aligned)
+
+
+def roi_pool(input: Tensor, boxes: Union[Tensor, list], output_size, spatial_scale: float = 1.0) -> Tensor:
+    """RoI max pooling (Fast R-CNN), as ``torchvision.ops.roi_pool``.
+
+    Box corners are rounded after scaling; each bin takes the max of the cells it covers (0 for a
+    bin outside the map). The gradient flows to the arg max of each bin.
+
+    Args:
+        input: ``Tensor[N, C, H, W]`` float32/float64/float16/bfloat16 (any memory format).
+        boxes: ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``, as in :func:`roi_align`.
+        output_size: ``int`` or ``(height, width)``.
+        spatial_scale: maps box coordinates onto ``input``.
+
+    Returns:
+        ``Tensor[K, C, output_size[0], output_size[1]]`` in the dtype of ``input``.
+    """
+    rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale)
+    if use_compiled(input):
+        return torch.ops.fastmtl.roi_pool(input, rois, scale, ph, pw)[0]
+    return _reference.roi_pool(input, rois, scale, ph, pw)
+
+
+class RoIAlign(nn.Module):
+    """:func:`roi_align` as a module, as ``torchvision.ops.RoIAlign``."""
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input: Tensor, rois: Union[Tensor, list]) -> Tensor:
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
+
+
+class RoIPool(nn.Module):
+    """:func:`roi_pool` as a module, as ``torchvision.ops.RoIPool``."""
+
+    def __init__(self, output_size, spatial_scale: float):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, rois: Union[Tensor, list]) -> Tensor:
+        return roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+def _register() -> None:
+    """Fake (meta) kernels for torch.compile and autograd formulas for the compiled ops."""
+    lib = "fastmtl::"
+
+    @torch.library.register_fake(lib + "roi_align")
+    def _(
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, deterministic=False
+    ):
+        return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+    @torch.library.register_fake(lib + "roi_pool")
+    def _(input, rois, spatial_scale, pooled_height, pooled_width):
+        shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+        return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+    @torch.library.register_fake(lib + "_roi_align_backward")
+    def _(grad, rois, spatial_scale, ph, pw, batch_size, channels, height, width, *args):
+        return grad.new_empty((batch_size, channels, height, width))
+
+    @torch.library.register_fake(lib + "_roi_pool_backward")
+    def _(grad, rois, argmax, spatial_scale, ph, pw, batch_size, channels, height, width):
+        return grad.new_empty((batch_size, channels, height, width))
+
+    def align_setup(ctx, inputs, output):
+        input, rois, ctx.spatial_scale, ctx.ph, ctx.pw, ctx.sampling_ratio, ctx.aligned = inputs[:7]
+        ctx.deterministic = inputs[7] if len(inputs) > 7 else False
+        ctx.input_shape = input.shape
+        ctx.save_for_backward(rois)
+
+    def align_backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        grad_input = torch.ops.fastmtl._roi_align_backward(
+            grad, rois, ctx.spatial_scale, ctx.ph, ctx.pw, n, c, h, w,
+            ctx.sampling_ratio, ctx.aligned, ctx.deterministic,
+        )  # fmt: skip
+        return grad_input, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(lib + "roi_align", align_backward, setup_context=align_setup)
+
+    def pool_setup(ctx, inputs, output):
+        input, rois, ctx.spatial_scale, ctx.ph, ctx.pw = inputs
+        ctx.input_shape = input.shape
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(rois, output[1])
+
+    def pool_backward(ctx, grad, grad_argmax):
+        rois, argmax = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        grad_input = torch.ops.fastmtl._roi_pool_backward(
+            grad, rois, argmax, ctx.spatial_scale, ctx.ph, ctx.pw, n, c, h, w
+        )
+        return grad_input, None, None, None, None
+
+    torch.library.register_autograd(lib + "roi_pool", pool_backward, setup_context=pool_setup)
+
+
+if has_compiled_ops():
+    _register()
