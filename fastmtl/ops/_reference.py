@@ -10,10 +10,13 @@ import torch
 __all__ = [
     "aligned_box_iou",
     "compute_dtype",
+    "gram_matrix",
     "multiclass_nms",
     "nms",
     "pairwise_box_iou",
     "soft_nms",
+    "style_loss",
+    "style_scales",
 ]
 
 
@@ -132,3 +135,34 @@ def soft_nms(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method)
     keep_t = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
     new_scores = torch.stack(kept) if kept else score.new_empty(0)
     return keep_t, new_scores.to(scores.dtype)
+
+
+def gram_matrix(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """[N, C, H, W] -> [N, C, C] in the dtype of features, computed in the compute dtype."""
+    n, c, h, w = features.shape
+    f = features.reshape(n, c, h * w).to(compute_dtype(features.dtype))
+    g = torch.bmm(f, f.transpose(1, 2))
+    if normalize and c * h * w > 0:
+        g = g / (c * h * w)
+    return g.to(features.dtype)
+
+
+def style_scales(normalization: int, c: int, p: int) -> tuple:
+    """``(a, s)`` of csrc/kernels/gram.h: ``diff = a * F F^T - target``, ``loss = s * sum diff^2``.
+
+    normalization 0 (seed): ``a = 1``, ``s = 1 / (2 P C)^2``; 1 (mse): ``a = 1 / (C P)``, ``s = 1 / C^2``.
+    """
+    c, p = max(c, 1), max(p, 1)
+    if normalization == 1:
+        return 1.0 / (c * p), 1.0 / (c * c)
+    return 1.0, 1.0 / (2.0 * p * c) ** 2
+
+
+def style_loss(features: torch.Tensor, target_gram: torch.Tensor, normalization: int) -> torch.Tensor:
+    """Per-sample style loss [N] in the compute dtype (see fastmtl.ops.style_loss)."""
+    n, c, h, w = features.shape
+    dt = compute_dtype(features.dtype)
+    f = features.reshape(n, c, h * w).to(dt)
+    a, s = style_scales(normalization, c, h * w)
+    diff = a * torch.bmm(f, f.transpose(1, 2)) - target_gram.to(dt)
+    return s * diff.square().sum((1, 2))
