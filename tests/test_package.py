@@ -15,6 +15,10 @@ OPS = (
     "fastmtl::_pairwise_box_iou_backward",
     "fastmtl::aligned_box_iou",
     "fastmtl::_aligned_box_iou_backward",
+    "fastmtl::gram_matrix",
+    "fastmtl::_gram_matrix_backward",
+    "fastmtl::style_loss",
+    "fastmtl::_style_loss_backward",
 )
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,9 @@ class StyleLoss(nn.Module):
 
     target_gram: Tensor
 
-    def __init__(self, target_features: Tensor, *, normalization: str = "seed", reduction: str = "mean") -> None:
+    def __init__(
+        self, target_features: Tensor, *, normalization: str = "seed", reduction: str = "mean"
+    ) -> None:
         super().__init__()
         norm = _normalization(normalization)
         check_reduction(reduction)

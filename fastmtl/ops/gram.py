@@ -25,7 +25,7 @@ from fastmtl.ops._checks import InputError
 
 __all__ = ["gram_matrix"]
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def check_features(name: str, features) -> Tensor:
@@ -34,7 +34,7 @@ def check_features(name: str, features) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
     if features.dim() != 4:
         raise InputError(f"{name} must have shape [N, C, H, W], got {list(features.shape)}")
-    if features.dtype not in _FLOATS:
+    if features.dtype not in FLOAT_DTYPES:
         raise InputError(f"{name} must be float32, float64, float16 or bfloat16, got {features.dtype}")
     return features
 

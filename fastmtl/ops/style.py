@@ -33,7 +33,7 @@ from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
 from fastmtl.ops._checks import InputError, check_reduction
 from fastmtl.ops._reduction import reduce_loss
-from fastmtl.ops.gram import check_features, check_no_double_backward, grad_like
+from fastmtl.ops.gram import FLOAT_DTYPES, check_features, check_no_double_backward, grad_like
 
 __all__ = ["NORMALIZATIONS", "content_loss", "style_loss"]
 
@@ -58,7 +58,9 @@ def _check_target_gram(target_gram, features: Tensor) -> Tensor:
     allowed = (features.dtype, _reference.compute_dtype(features.dtype))
     if target_gram.dtype not in allowed:
         names = " or ".join(dict.fromkeys(str(d) for d in allowed))
-        raise InputError(f"target_gram must be {names} for {features.dtype} features, got {target_gram.dtype}")
+        raise InputError(
+            f"target_gram must be {names} for {features.dtype} features, got {target_gram.dtype}"
+        )
     if target_gram.device != features.device:
         raise InputError(
             f"target_gram must be on the device of features, got {target_gram.device} and {features.device}"
@@ -108,14 +110,15 @@ def content_loss(
     for name, t in (("features", features), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if features.dim() < 2 or features.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+    if features.dim() < 2 or features.dtype not in FLOAT_DTYPES:
         raise InputError(
             f"features must be a floating-point [N, ...] tensor with at least 2 dimensions, got "
             f"{features.dtype} {list(features.shape)}"
         )
     if target.shape not in (features.shape, features.shape[1:]):
         raise InputError(
-            f"target must have shape {list(features.shape)} or {list(features.shape[1:])}, got {list(target.shape)}"
+            f"target must have shape {list(features.shape)} or {list(features.shape[1:])}, "
+            f"got {list(target.shape)}"
         )
     if not target.is_floating_point() or target.device != features.device:
         raise InputError(
