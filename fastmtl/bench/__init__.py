@@ -14,6 +14,7 @@ REGISTRY = {
     "box_iou": "fastmtl.bench.cases_box_iou",
     "nms": "fastmtl.bench.cases_nms",
     "multiclass_nms": "fastmtl.bench.cases_multiclass_nms",
+    "style_loss": "fastmtl.bench.cases_gram",
 }
 
 
