@@ -6,6 +6,8 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -18,6 +20,9 @@ namespace {
 // lower triangle (C = 512: 8 block rows, 56% of the full product). Up to 96 channels the whole
 // matrix is one block: the saving would not pay for the narrower products.
 constexpr int64_t kGramBlock = 64;
+
+// Fewest positions per chunk when the positions are split across threads.
+constexpr int64_t kMinChunk = 1024;
 
 int64_t block_rows(int64_t c) { return c <= 96 ? c : kGramBlock; }
 
@@ -117,30 +122,36 @@ at::Tensor gram_upper(const at::Tensor& features) {
   if (f.scalar_type() != acc) f = f.to(acc);
   // Block row r costs (nb - r) blocks, so rows r and nb - 1 - r together cost nb + 1 whatever r:
   // tasks of such pairs (per sample) are equal, and one parallel region covers the whole product
-  // with single-threaded BLAS calls inside. With a single task, BLAS threads it instead.
-  const int64_t nb = (c + b - 1) / b, pairs = (nb + 1) / 2;
-  auto block_row = [&](int64_t i, int64_t r) {
+  // with single-threaded BLAS calls inside. With fewer tasks than threads (one image, few
+  // channels), the positions are split in chunks too, each with its own partial sums, added at
+  // the end (so the last bits depend on the thread count, as a BLAS call's do).
+  const int64_t nb = (c + b - 1) / b, pairs = (nb + 1) / 2, p = f.size(2);
+  const int64_t tasks = n * pairs, threads = at::get_num_threads();
+  const int64_t chunks =
+      tasks >= threads ? 1 : std::min((threads + tasks - 1) / tasks, std::max<int64_t>(1, p / kMinChunk));
+  const at::Tensor parts = chunks > 1 ? at::zeros({chunks, n, c, c}, u.options()) : u.unsqueeze(0);
+  auto block_row = [&](int64_t i, int64_t r, int64_t k) {
     const int64_t r0 = r * b, r1 = std::min(c, r0 + b);
-    const at::Tensor fi = f[i];
-    at::Tensor out = u[i].slice(0, r0, r1).slice(1, r0, c);
+    const at::Tensor fi = f[i].slice(1, k * p / chunks, (k + 1) * p / chunks);
+    at::Tensor out = parts[k][i].slice(0, r0, r1).slice(1, r0, c);
     at::mm_out(out, fi.slice(0, r0, r1), fi.slice(0, r0, c).t());
   };
   auto task = [&](int64_t t) {
-    const int64_t i = t / pairs, q = t % pairs;
-    block_row(i, q);
-    if (nb - 1 - q != q) block_row(i, nb - 1 - q);
+    const int64_t k = t % chunks, i = t / chunks / pairs, q = t / chunks % pairs;
+    block_row(i, q, k);
+    if (nb - 1 - q != q) block_row(i, nb - 1 - q, k);
   };
-  const int64_t tasks = n * pairs;
-  if (tasks > 1 && at::get_num_threads() > 1) {
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  if (tasks * chunks > 1 && threads > 1) {
+    at::parallel_for(0, tasks * chunks, 1, [&](int64_t begin, int64_t end) {
       // Worker threads do not inherit the caller's dispatch state: keep autograd out of the
       // products here as the dispatcher did for this kernel.
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
       for (int64_t t = begin; t < end; ++t) task(t);
     });
   } else {
-    for (int64_t t = 0; t < tasks; ++t) task(t);
+    for (int64_t t = 0; t < tasks; ++t) task(t);  // BLAS threads inside each product
   }
+  if (chunks > 1) u.copy_(parts.sum(0));
   return u;
 }
 
