@@ -24,11 +24,19 @@ def test_import_and_ops_without_extension():
         assert torch.allclose(iou, torch.tensor([[0.2], [0.5]])), iou
         boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.1], [5.0, 5.0, 6.0, 6.0]])
         scores = torch.tensor([0.9, 0.8, 0.7])
-        det = fastmtl.ops.multiclass_nms(boxes[None], scores[None], 0.5, score_threshold=0, max_detections=4)
+        det = fastmtl.ops.multiclass_nms(
+            boxes[None], scores[None], 0.5, score_threshold=0.0, max_detections=4
+        )
         assert det.counts.tolist() == [2] and det.indices.tolist() == [[0, 2, -1, -1]], det
         keep, new = fastmtl.ops.soft_nms(boxes, scores)
         assert keep.tolist() == [0, 2, 1], keep
         assert torch.allclose(new, torch.tensor([0.9, 0.7, 0.8 * (1 - 4 / 4.2)])), new
+        x = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 2, 1, 2).requires_grad_()
+        assert fastmtl.ops.gram_matrix(x, normalize=False).tolist() == [[[5.0, 11.0], [11.0, 25.0]]]
+        loss = fastmtl.ops.style_loss(x, torch.zeros(2, 2))
+        assert abs(loss.item() - 892 / 64) < 1e-4, loss
+        loss.backward()
+        assert x.grad.shape == x.shape
         print("ok")
         """
     )

@@ -19,6 +19,10 @@ OPS = (
     "fastmtl::_roi_align_backward",
     "fastmtl::roi_pool",
     "fastmtl::_roi_pool_backward",
+    "fastmtl::gram_matrix",
+    "fastmtl::_gram_matrix_backward",
+    "fastmtl::style_loss",
+    "fastmtl::_style_loss_backward",
 )
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,7 @@ REGISTRY = {
     "multiclass_nms": "fastmtl.bench.cases_multiclass_nms",
     "roi_align": "fastmtl.bench.cases_roi:align_cases",
     "roi_pool": "fastmtl.bench.cases_roi:pool_cases",
+    "style_loss": "fastmtl.bench.cases_gram",
 }
 
 

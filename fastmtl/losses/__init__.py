@@ -1,5 +1,6 @@
 """nn.Module forms of the fastmtl losses."""
 
 from fastmtl.losses.box_iou_loss import CIoULoss, DIoULoss, GIoULoss, IoULoss
+from fastmtl.losses.style import ContentLoss, StyleLoss
 
-__all__ = ["CIoULoss", "DIoULoss", "GIoULoss", "IoULoss"]
+__all__ = ["CIoULoss", "ContentLoss", "DIoULoss", "GIoULoss", "IoULoss", "StyleLoss"]

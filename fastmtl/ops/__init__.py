@@ -17,11 +17,13 @@ from fastmtl.ops.box_iou_loss import (
     iou_loss,
 )
 from fastmtl.ops.boxes import box_area, box_convert
+from fastmtl.ops.gram import gram_matrix
 from fastmtl.ops.multiclass_nms import Detections, multiclass_nms
 from fastmtl.ops.nms import batched_nms, nms
 from fastmtl.ops.poolers import MultiScaleRoIAlign
 from fastmtl.ops.roi import RoIAlign, RoIPool, roi_align, roi_pool
 from fastmtl.ops.soft_nms import soft_nms
+from fastmtl.ops.style import content_loss, style_loss
 
 __all__ = [
     "Detections",
@@ -39,6 +41,7 @@ __all__ = [
     "box_convert",
     "box_iou",
     "ciou_loss",
+    "content_loss",
     "complete_box_iou",
     "complete_box_iou_loss",
     "diou_loss",
@@ -47,5 +50,7 @@ __all__ = [
     "generalized_box_iou",
     "generalized_box_iou_loss",
     "giou_loss",
+    "gram_matrix",
     "iou_loss",
+    "style_loss",
 ]

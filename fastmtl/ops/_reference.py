@@ -10,12 +10,15 @@ import torch
 __all__ = [
     "aligned_box_iou",
     "compute_dtype",
+    "gram_matrix",
     "multiclass_nms",
     "nms",
     "pairwise_box_iou",
     "roi_align",
     "roi_pool",
     "soft_nms",
+    "style_loss",
+    "style_scales",
 ]
 
 
@@ -234,3 +237,34 @@ def roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
     if not out:
         return input.new_zeros((0, c, pooled_height, pooled_width))
     return torch.stack(out).reshape(-1, c, pooled_height, pooled_width).to(input.dtype)
+
+
+def gram_matrix(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """[N, C, H, W] -> [N, C, C] in the dtype of features, computed in the compute dtype."""
+    n, c, h, w = features.shape
+    f = features.reshape(n, c, h * w).to(compute_dtype(features.dtype))
+    g = torch.bmm(f, f.transpose(1, 2))
+    if normalize and c * h * w > 0:
+        g = g / (c * h * w)
+    return g.to(features.dtype)
+
+
+def style_scales(normalization: int, c: int, p: int) -> tuple:
+    """``(a, s)`` of csrc/kernels/gram.h: ``diff = a * F F^T - target``, ``loss = s * sum diff^2``.
+
+    normalization 0 (seed): ``a = 1``, ``s = 1 / (2 P C)^2``; 1 (mse): ``a = 1 / (C P)``, ``s = 1 / C^2``.
+    """
+    c, p = max(c, 1), max(p, 1)
+    if normalization == 1:
+        return 1.0 / (c * p), 1.0 / (c * c)
+    return 1.0, 1.0 / (2.0 * p * c) ** 2
+
+
+def style_loss(features: torch.Tensor, target_gram: torch.Tensor, normalization: int) -> torch.Tensor:
+    """Per-sample style loss [N] in the compute dtype (see fastmtl.ops.style_loss)."""
+    n, c, h, w = features.shape
+    dt = compute_dtype(features.dtype)
+    f = features.reshape(n, c, h * w).to(dt)
+    a, s = style_scales(normalization, c, h * w)
+    diff = a * torch.bmm(f, f.transpose(1, 2)) - target_gram.to(dt)
+    return s * diff.square().sum((1, 2))
