@@ -174,5 +174,16 @@ FASTMTL_HD void pool_bin(const PoolAxis<T>& a, int p, int size, int& first, int&
 template <typename T>
 FASTMTL_HD T pool_init() { return static_cast<T>(-3.402823466e+38f); }
 
+// One cell (value v at plane index idx) of a bin's max scan, in row-major order: taken only when
+// strictly greater, as torchvision's `>`, so the first maximum wins ties and NaN is never taken.
+// Selects rather than a branch; V / I may also be GCC vectors of channels (the CPU kernel), I of
+// lanes as wide as V's, whose comparison masks then select lane by lane.
+template <typename V, typename I>
+FASTMTL_HD void pool_take(V v, I idx, V& best, I& arg) {
+  const auto take = v > best;
+  best = take ? v : best;
+  arg = take ? idx : arg;
+}
+
 }  // namespace roi
 }  // namespace fastmtl

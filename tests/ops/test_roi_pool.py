@@ -232,3 +232,30 @@ def test_cpu_and_cuda_agree(dtype, gen, seed):
     assert_close(results[1][0], results[0][0], rtol=0, atol=0)
     assert torch.equal(results[1][1], results[0][1])
     assert_close(results[1][2], results[0][2], msg=f"seed={seed}", rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("rois_count", [1, 60], ids=["plane-scan", "packed-channels"])
+def test_ties_nan_and_channel_tail_match_torchvision(dtype, rois_count, gen, seed):
+    """Few rois on a large map take the plane-by-plane scan, many take the channel-packed one;
+    37 channels leave a partial block. Ties (few distinct values), NaN, -inf and -FLT_MAX must
+    give torchvision's max, argmax (first maximum in row-major order, NaN never taken) and
+    gradient bit for bit."""
+    size = 40 if rois_count == 1 else 12
+    x = torch.randint(-2, 3, (2, 37, size, size), generator=gen).to(dtype)
+    special = torch.tensor([float("nan"), float("-inf"), -3.4028234663852886e38], dtype=dtype)
+    pick = torch.rand(x.shape, generator=gen)
+    for i, v in enumerate(special):
+        x[(pick > 0.8 + 0.05 * i) & (pick <= 0.85 + 0.05 * i)] = v
+    x[0, :3, :6, :6] = float("nan")  # whole bins of NaN: -FLT_MAX and argmax -1
+    rois = make_rois(rois_count, 2, size, size, gen=gen, scale=0.5, dtype=dtype)
+    if rois_count == 1:
+        rois = torch.tensor([[0, 0.0, 0.0, 11.0, 13.0]], dtype=dtype)
+    out, arg = torch.ops.fastmtl.roi_pool(x, rois, 0.5, 5, 4)
+    want, want_arg = torch.ops.torchvision.roi_pool(x, rois, 0.5, 5, 4)
+    assert torch.equal(arg, want_arg), f"seed={seed}"
+    assert_close(out, want, msg=f"seed={seed}", rtol=0, atol=0, equal_nan=True)
+    grad = torch.randn(out.shape, generator=gen, dtype=dtype)
+    got = torch.ops.fastmtl._roi_pool_backward(grad, rois, arg, 0.5, 5, 4, 2, 37, size, size)
+    ref = torch.ops.torchvision._roi_pool_backward(grad, rois, want_arg, 0.5, 5, 4, 2, 37, size, size)
+    assert torch.equal(got, ref), f"seed={seed}"

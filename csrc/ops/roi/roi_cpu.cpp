@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -240,8 +241,9 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
   return out;
 }
 
-// Runs body(acc) with a zeroed accumulator of the input gradient, in the opmath type, and returns
-// the gradient in scalar_t: the output itself for float/double, a float buffer for half types.
+// Runs body(acc) with an accumulator of the input gradient, in the opmath type, and returns the
+// gradient in scalar_t: grad_input itself for float/double (zeroed if the caller allocated it
+// with at::zeros), a zeroed float buffer for half types.
 template <typename scalar_t, typename F>
 void with_accumulator(at::Tensor& grad_input, F&& body) {
   using T = at::opmath_type<scalar_t>;
@@ -288,6 +290,18 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
 }
 
 // ---- RoI pool -------------------------------------------------------------------------------
+//
+// The forward scans tiny bins (a few cells each) of every (roi, channel). One (roi, channel) at a
+// time, a bin is a short scalar loop of unpredictable compares. Instead the input is packed
+// channels-last, [N, H, W, C rounded up to kPoolBlock], and a bin is scanned once per block of
+// kPoolBlock channels: every cell is a few vectors of channels, max and argmax kept with selects.
+// Packing costs one pass over the input, so few rois on a large map (bins reading less than a
+// quarter of it) keep the plane-by-plane scan. The outputs themselves ([K, C, PH, PW] values and
+// int32 argmax, written once) are then most of the time.
+
+// Channels per block: one cache line of floats per cell; the running max and argmax of a block
+// stay in vector registers.
+constexpr int64_t kPoolBlock = 16;
 
 // Cells [h0, h1) x [w0, w1) of every bin of every roi: [K, PH, PW, 4].
 template <typename scalar_t>
@@ -311,6 +325,99 @@ std::vector<int> make_pool_bins(const scalar_t* rois, int64_t k_count, int heigh
   return bins;
 }
 
+// Cells read by all the bins together (overlaps counted twice), per channel.
+int64_t pool_cells(const std::vector<int>& bins) {
+  int64_t cells = 0;
+  for (size_t i = 0; i < bins.size(); i += 4) {
+    cells += int64_t(std::max(bins[i + 1] - bins[i], 0)) * std::max(bins[i + 3] - bins[i + 2], 0);
+  }
+  return cells;
+}
+
+// Channels [c0, c0 + kPoolBlock) of one image (planes of hw cells) into dst[p * stride + c], as
+// T; channels past c_count are zero (scanned, never written out).
+template <typename scalar_t, typename T>
+void pack_pool_block(const scalar_t* image, int64_t c_count, int64_t c0, int64_t hw, int64_t stride,
+                     T* __restrict__ dst) {
+  for (int64_t c = 0; c < kPoolBlock; ++c) {
+    if (c0 + c >= c_count) {
+      for (int64_t p = 0; p < hw; ++p) dst[p * stride + c] = T(0);
+      continue;
+    }
+    const scalar_t* __restrict__ src = image + (c0 + c) * hw;
+    for (int64_t p = 0; p < hw; ++p) dst[p * stride + c] = static_cast<T>(src[p]);
+  }
+}
+
+// Channels as 16-byte GCC/Clang vectors (lane-wise compares and selects; SSE2 has them, and
+// wider generic vectors fall back to scalar code), and argmax lanes as integers of the same width,
+// which selects need. A packed block is kPoolBlock / lanes of them.
+template <typename T>
+struct PoolLanes;
+template <>
+struct PoolLanes<float> {
+  typedef float Value __attribute__((vector_size(16)));
+  typedef int32_t Index __attribute__((vector_size(16)));
+};
+template <>
+struct PoolLanes<double> {
+  typedef double Value __attribute__((vector_size(16)));
+  typedef int64_t Index __attribute__((vector_size(16)));
+};
+
+// One roi on one packed block of channels: every bin's max and argmax for the block's first nc
+// channels into out / arg, channel c at c * nbins. Cells are scanned in row-major order with
+// pool_take on whole vectors, so ties and NaN go as in the scalar scan.
+template <typename scalar_t, typename T>
+FASTMTL_CPU_CLONES void pool_block_item(const int* bins, int64_t nbins, const T* __restrict__ block, int width,
+                                        int64_t stride, int64_t nc, scalar_t* __restrict__ out, int* __restrict__ arg) {
+  using V = typename PoolLanes<T>::Value;
+  using I = typename PoolLanes<T>::Index;
+  constexpr int64_t lanes = sizeof(V) / sizeof(T), vecs = kPoolBlock / lanes;
+  for (int64_t j = 0; j < nbins; ++j, bins += 4) {
+    const bool empty = bins[1] <= bins[0] || bins[3] <= bins[2];
+    V best[vecs];
+    I at[vecs];
+    for (int64_t i = 0; i < vecs; ++i) {
+      best[i] = V{} + (empty ? T(0) : roi::pool_init<T>());
+      at[i] = I{} - 1;
+    }
+    for (int y = bins[0]; y < bins[1]; ++y) {
+      for (int x = bins[2]; x < bins[3]; ++x) {
+        const int idx = y * width + x;
+        const T* cell = block + int64_t(idx) * stride;
+        for (int64_t i = 0; i < vecs; ++i) {
+          V v;
+          std::memcpy(&v, cell + i * lanes, sizeof(V));
+          roi::pool_take(v, I{} + idx, best[i], at[i]);
+        }
+      }
+    }
+    for (int64_t c = 0; c < nc; ++c) {
+      out[c * nbins + j] = static_cast<scalar_t>(best[c / lanes][c % lanes]);
+      arg[c * nbins + j] = static_cast<int>(at[c / lanes][c % lanes]);
+    }
+  }
+}
+
+// One roi on one plane, one channel: the scan for when packing does not pay.
+template <typename scalar_t, typename T>
+void pool_plane_item(const int* bins, int64_t nbins, const scalar_t* __restrict__ plane, int width,
+                     scalar_t* __restrict__ out, int* __restrict__ arg) {
+  for (int64_t j = 0; j < nbins; ++j, bins += 4) {
+    const bool empty = bins[1] <= bins[0] || bins[3] <= bins[2];
+    T best = empty ? T(0) : roi::pool_init<T>();
+    int at = -1;
+    for (int y = bins[0]; y < bins[1]; ++y) {
+      for (int x = bins[2]; x < bins[3]; ++x) {
+        roi::pool_take(static_cast<T>(plane[y * width + x]), y * width + x, best, at);
+      }
+    }
+    out[j] = static_cast<scalar_t>(best);
+    arg[j] = at;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const at::Tensor& rois,
                                                 double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
   check_roi_args(input, rois, spatial_scale, pooled_height, pooled_width);
@@ -328,35 +435,45 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     int* ap = argmax.mutable_data_ptr<int>();
-    const int64_t nbins = pooled_height * pooled_width;
-    at::parallel_for(0, c * k, kItemsPerTask, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t ch = i / k, roi = by_image.order[i % k];
-        const int64_t b = roi::batch_index(static_cast<T>(rp[5 * roi]), n);
-        const scalar_t* plane = xp + (b * c + ch) * h * w;
-        const int* bin = &bins[roi * nbins * 4];
-        scalar_t* o = op + (roi * c + ch) * nbins;
-        int* a = ap + (roi * c + ch) * nbins;
-        for (int64_t j = 0; j < nbins; ++j, bin += 4) {
-          const bool empty = bin[1] <= bin[0] || bin[3] <= bin[2];
-          T best = empty ? T(0) : roi::pool_init<T>();
-          int arg = -1;
-          for (int y = bin[0]; y < bin[1]; ++y) {
-            for (int xx = bin[2]; xx < bin[3]; ++xx) {
-              const T v = static_cast<T>(plane[y * w + xx]);
-              if (v > best) {
-                best = v;
-                arg = int(y * w + xx);
-              }
-            }
-          }
-          o[j] = static_cast<scalar_t>(best);
-          a[j] = arg;
+    const int64_t nbins = pooled_height * pooled_width, hw = h * w;
+    auto image_of = [&](int64_t roi) { return roi::batch_index(static_cast<T>(rp[5 * roi]), n); };
+    if (4 * pool_cells(bins) < n * hw) {
+      // Item i = (channel i / K, i % K-th roi in image order): neighbours share a plane.
+      at::parallel_for(0, c * k, kItemsPerTask, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t ch = i / k, roi = by_image.order[i % k], o = (roi * c + ch) * nbins;
+          pool_plane_item<scalar_t, T>(&bins[roi * nbins * 4], nbins, xp + (image_of(roi) * c + ch) * hw, int(w),
+                                       op + o, ap + o);
         }
+      });
+      return;
+    }
+    const int64_t blocks = (c + kPoolBlock - 1) / kPoolBlock, stride = blocks * kPoolBlock;
+    std::vector<T> packed(n * hw * stride);
+    at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / blocks, c0 = (i % blocks) * kPoolBlock;
+        pack_pool_block(xp + b * c * hw, c, c0, hw, stride, &packed[b * hw * stride + c0]);
+      }
+    });
+    // Item i = (roi i / blocks, block i % blocks): the outputs are written in memory order (they
+    // are the bulk of the traffic); the packed input (N * C * H * W values) is re-read from cache.
+    at::parallel_for(0, k * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t roi = i / blocks, blk = i % blocks, c0 = blk * kPoolBlock;
+        const int64_t o = (roi * c + c0) * nbins;
+        pool_block_item<scalar_t, T>(&bins[roi * nbins * 4], nbins, &packed[image_of(roi) * hw * stride + c0],
+                                     int(w), stride, std::min(kPoolBlock, c - c0), op + o, ap + o);
       }
     });
   });
   return {out, argmax};
+}
+
+// Planes per task of the backward: enough that a task reads whole chunks of grad and argmax
+// (planes * PH * PW contiguous values per roi), few enough that its planes stay in L2 (~256 KiB).
+int64_t pool_planes_per_task(int64_t plane_bytes, int64_t channels) {
+  return std::clamp<int64_t>((int64_t(256) << 10) / std::max<int64_t>(plane_bytes, 1), 1, channels);
 }
 
 at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
@@ -366,9 +483,11 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   TORCH_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kInt,
               "argmax must be int32 of the shape of grad ", grad.sizes(), ", got ", argmax.scalar_type(), " ",
               argmax.sizes());
-  auto grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
+  // Not zeroed here: each task zeroes the planes it owns just before adding into them (in
+  // parallel, and the planes are then in cache).
+  auto grad_input = at::empty({batch_size, channels, height, width}, grad.options());
   const int64_t k = rois.size(0);
-  if (grad_input.numel() == 0 || k == 0) return grad_input;
+  if (grad_input.numel() == 0 || k == 0) return grad_input.zero_();
   const auto g = grad.contiguous(), r = rois.contiguous(), am = argmax.contiguous();
   FASTMTL_DISPATCH_BOXES(g.scalar_type(), "roi_pool_backward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -376,16 +495,25 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const int* ap = am.const_data_ptr<int>();
     const int64_t nbins = pooled_height * pooled_width, plane = height * width;
+    const int64_t per_task = pool_planes_per_task(plane * int64_t(sizeof(T)), channels);
+    const int64_t tasks_per_image = (channels + per_task - 1) / per_task;
     with_accumulator<scalar_t>(grad_input, [&](T* acc) {
-      at::parallel_for(0, batch_size * channels, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t p = begin; p < end; ++p) {
-          const int64_t b = p / channels, ch = p % channels;
-          T* dst = acc + p * plane;
+      // Task t = planes [c0, c1) of image t / tasks_per_image. Each thread owns whole planes, and
+      // an element sums its terms in roi order, then bin order, as torchvision: deterministic.
+      at::parallel_for(0, batch_size * tasks_per_image, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t b = t / tasks_per_image, c0 = (t % tasks_per_image) * per_task;
+          const int64_t c1 = std::min(c0 + per_task, channels);
+          T* planes = acc + (b * channels + c0) * plane;
+          std::fill(planes, planes + (c1 - c0) * plane, T(0));
           for (int64_t j = by_image.first[b]; j < by_image.first[b + 1]; ++j) {
-            const int64_t off = (by_image.order[j] * channels + ch) * nbins;
-            for (int64_t i = 0; i < nbins; ++i) {
-              const int a = ap[off + i];
-              if (a >= 0 && a < plane) dst[a] += static_cast<T>(gp[off + i]);
+            const int64_t off = (by_image.order[j] * channels + c0) * nbins;
+            for (int64_t ch = 0; ch < c1 - c0; ++ch) {
+              T* dst = planes + ch * plane;
+              for (int64_t i = ch * nbins; i < (ch + 1) * nbins; ++i) {
+                const int a = ap[off + i];
+                if (a >= 0 && a < plane) dst[a] += static_cast<T>(gp[off + i]);
+              }
             }
           }
         }
