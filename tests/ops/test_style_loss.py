@@ -313,8 +313,9 @@ def test_compile_forward_backward(norm, gen):
 
     compiled = torch.compile(fn, fullgraph=True)
     out, eager = compiled(x, t), fn(x, t)
-    assert_close(out, eager, rtol=1e-6, atol=0)
-    assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(eager, x)[0], rtol=1e-5, atol=1e-9)
+    # Inductor may sum the content loss in another order: float32 rounding, not exact equality.
+    assert_close(out, eager, rtol=1e-5, atol=1e-7)
+    assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(eager, x)[0], rtol=1e-4, atol=1e-7)
 
 
 # --------------------------------------------------------------------------- fallback

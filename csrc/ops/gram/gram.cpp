@@ -163,15 +163,13 @@ at::Tensor symmetric_times_features(const at::Tensor& m, const at::Tensor& featu
                                                             : at::MemoryFormat::Contiguous));
   if (grad.numel() == 0) return grad;
   at::Tensor f = features_matrix(features);
-  at::Tensor mm = m;
+  const at::Tensor& mm = m;
   bool convert_out = false;
   if (f.scalar_type() != m.scalar_type()) {
-    if (f.is_cuda()) {
-      mm = m.to(f.scalar_type());  // cuBLAS half/bfloat16 product, float32 accumulation
-    } else {
-      f = f.to(m.scalar_type());  // CPU BLAS in float32, converted back at the end
-      convert_out = true;
-    }
+    // The product in float32, converted back at the end. M holds small scaled values (1/(C P)
+    // and less) that half would flush to zero, so it is never rounded to the features' type.
+    f = f.to(m.scalar_type());
+    convert_out = true;
   }
   // Contiguous: out[n] = M F, C x P. Channels_last: out^T[n] = F^T M (M = M^T), P x C, which is
   // the NHWC memory: the gradient keeps the layout of the features and no copy is made.

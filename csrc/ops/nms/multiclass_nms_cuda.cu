@@ -50,7 +50,7 @@ struct Sizes {
 template <typename box_t, typename K>
 __global__ void __launch_bounds__(kChunk * kLanes)
     multiclass_greedy_kernel(const box_t* __restrict__ boxes, const K* __restrict__ keys,
-                             const int64_t* __restrict__ order, Sizes sz, float threshold,
+                             const int64_t* __restrict__ order, Sizes sz, at::opmath_type<box_t> threshold,
                              box_t* __restrict__ out_boxes, K* __restrict__ out_scores,
                              int64_t* __restrict__ out_classes, int64_t* __restrict__ out_indices,
                              int64_t* __restrict__ counts) {
@@ -134,7 +134,7 @@ Detections multiclass_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores
              &out_classes = std::get<2>(detections), &out_indices = std::get<3>(detections),
              &counts = std::get<4>(detections);
   const int64_t images = boxes.size(0), n = boxes.size(1), classes = scores.dim() == 3 ? scores.size(2) : 1;
-  if (images == 0 || n == 0 || max_detections == 0) return detections;
+  if (images == 0 || n == 0 || classes == 0 || max_detections == 0) return detections;
   TORCH_CHECK(images <= 2147483647, "boxes holds too many images for one launch: ", images);
   const Sizes sz{n, classes, n * classes, max_detections, boxes.dim() == 4};
   const auto b = boxes.contiguous(), s = scores.contiguous();
@@ -156,7 +156,7 @@ Detections multiclass_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores
     FASTMTL_DISPATCH_BOXES(b.scalar_type(), "multiclass_nms_cuda", [&] {
       multiclass_greedy_kernel<scalar_t, K><<<images, kChunk * kLanes, 0, stream>>>(
           b.const_data_ptr<scalar_t>(), sorted.const_data_ptr<K>(), order.const_data_ptr<int64_t>(), sz,
-          static_cast<float>(iou_threshold), out_boxes.mutable_data_ptr<scalar_t>(), key_scores.mutable_data_ptr<K>(),
+          threshold_below<at::opmath_type<scalar_t>>(iou_threshold), out_boxes.mutable_data_ptr<scalar_t>(), key_scores.mutable_data_ptr<K>(),
           out_classes.mutable_data_ptr<int64_t>(), out_indices.mutable_data_ptr<int64_t>(),
           counts.mutable_data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();

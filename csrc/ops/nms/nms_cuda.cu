@@ -30,12 +30,19 @@ constexpr int kReduceThreads = 256;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// torchvision's CUDA kernel takes the threshold as a float and compares the IoU (float, or
+// double for double boxes) with it; the same here, for the same kept boxes.
+template <typename scalar_t>
+at::opmath_type<scalar_t> cuda_threshold(double threshold) {
+  return static_cast<at::opmath_type<scalar_t>>(static_cast<float>(threshold));
+}
+
 // Block (bx, by) compares the 64 boxes of row block by with the 64 of column block bx; only
 // blocks on or above the diagonal are needed by the reduction.
 template <typename scalar_t>
 __global__ void nms_mask_kernel(const scalar_t* __restrict__ boxes, const int64_t* __restrict__ order,
                                 const int64_t* __restrict__ cls, int64_t n, int64_t words,
-                                float threshold, uint64_t* __restrict__ mask) {
+                                at::opmath_type<scalar_t> threshold, uint64_t* __restrict__ mask) {
   using T = at::opmath_type<scalar_t>;
   const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
   if (row_block > col_block) return;
@@ -107,7 +114,7 @@ void launch_nms(const at::Tensor& boxes, const at::Tensor& order, const int64_t*
   const dim3 grid(words, words);
   nms_mask_kernel<scalar_t><<<grid, kBlock, 0, stream>>>(boxes.const_data_ptr<scalar_t>(),
                                                           order.const_data_ptr<int64_t>(), cls, n, words,
-                                                          static_cast<float>(threshold),
+                                                          cuda_threshold<scalar_t>(threshold),
                                                           reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   nms_reduce_kernel<<<1, kReduceThreads, 0, stream>>>(
