@@ -426,6 +426,8 @@ def test_empty(device):
         (torch.empty(0, 5, 4), torch.empty(0, 5, 3)),  # B = 0
         (torch.empty(0, 5, 3, 4), torch.empty(0, 5, 3)),
         (torch.empty(0, 0, 4), torch.empty(0, 0)),
+        (torch.zeros(2, 5, 4), torch.zeros(2, 5, 0)),  # C = 0: nothing to detect
+        (torch.zeros(2, 5, 0, 4), torch.zeros(2, 5, 0)),
     ):
         num_images = boxes.shape[0]
         for k in (0, 4):
