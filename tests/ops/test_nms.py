@@ -697,6 +697,19 @@ def test_dispatcher_ops_check_their_arguments():
             fn()
 
 
+@compiled_only
+@cuda
+@pytest.mark.cuda
+def test_cuda_dispatcher_ops_reject_nan_scores():
+    """On CUDA the NaN check rides along with the count copy; calling the op directly still raises."""
+    boxes, scores, idxs = (t.cuda() for t in _good())
+    scores[1] = float("nan")
+    with pytest.raises(RuntimeError, match="scores"):
+        torch.ops.fastmtl.nms(boxes, scores, 0.5)
+    with pytest.raises(RuntimeError, match="scores"):
+        torch.ops.fastmtl.batched_nms(boxes, scores, idxs, 0.5)
+
+
 # --------------------------------------------------------------------------- torch.compile
 
 

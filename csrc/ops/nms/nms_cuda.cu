@@ -7,7 +7,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isnan.h>
 #include <ATen/ops/sort.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -145,8 +147,11 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
     launch_nms<scalar_t>(b, order, idxs ? cls.const_data_ptr<int64_t>() : nullptr, iou_threshold, mask, removed,
                          keep, count);
   });
-  // The one device-to-host copy: how many boxes were kept.
-  return keep.narrow(0, 0, count.item<int64_t>());
+  // The one device-to-host copy: how many boxes were kept, and whether a score was NaN (the
+  // CPU kernel rejects those; here the check rides along with the count).
+  const auto host = at::stack({count.squeeze(0), scores.isnan().any().to(at::kLong)}).cpu();
+  TORCH_CHECK(host[1].item<int64_t>() == 0, "scores must not contain NaN");
+  return keep.narrow(0, 0, host[0].item<int64_t>());
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
