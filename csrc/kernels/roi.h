@@ -25,15 +25,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef FASTMTL_HD  // as in box_math.h
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define FASTMTL_HD __host__ __device__ __forceinline__
-#elif defined(__GNUC__)
-#define FASTMTL_HD inline __attribute__((always_inline))
-#else
-#define FASTMTL_HD inline
-#endif
-#endif
+#include "hd.h"
 
 namespace fastmtl {
 namespace roi {

@@ -63,6 +63,26 @@ __device__ __forceinline__ void align_axes(const scalar_t* r, T scale, const Dim
 
 // ---- RoI align ------------------------------------------------------------------------------
 
+// Calls f(offset in the plane, weight) for the four bilinear taps of every sample of a bin.
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_tap(const roi::AlignAxis<T>& ay, const roi::AlignAxis<T>& ax, const Bin& bin,
+                                             const Dims& d, F f) {
+  for (int iy = 0; iy < ay.grid; ++iy) {
+    int y0, y1;
+    T wy0, wy1;
+    if (!roi::axis_taps(roi::sample_pos(ay, bin.ph, iy), int(d.h), y0, y1, wy0, wy1)) continue;
+    for (int ix = 0; ix < ax.grid; ++ix) {
+      int x0, x1;
+      T wx0, wx1;
+      if (!roi::axis_taps(roi::sample_pos(ax, bin.pw, ix), int(d.w), x0, x1, wx0, wx1)) continue;
+      f(y0 * d.w + x0, wy0 * wx0);
+      f(y0 * d.w + x1, wy0 * wx1);
+      f(y1 * d.w + x0, wy1 * wx0);
+      f(y1 * d.w + x1, wy1 * wx1);
+    }
+  }
+}
+
 template <typename scalar_t>
 __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ rois,
                                          Dims d, int64_t total, at::opmath_type<scalar_t> scale,
@@ -80,18 +100,7 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, con
     align_axes(r, scale, d, sampling_ratio, aligned, ay, ax);
     const scalar_t* plane = input + (b * d.c + bin.c) * d.h * d.w;
     T sum = T(0);
-    for (int iy = 0; iy < ay.grid; ++iy) {
-      int y0, y1;
-      T wy0, wy1;
-      if (!roi::axis_taps(roi::sample_pos(ay, bin.ph, iy), int(d.h), y0, y1, wy0, wy1)) continue;
-      for (int ix = 0; ix < ax.grid; ++ix) {
-        int x0, x1;
-        T wx0, wx1;
-        if (!roi::axis_taps(roi::sample_pos(ax, bin.pw, ix), int(d.w), x0, x1, wx0, wx1)) continue;
-        sum += wy0 * wx0 * static_cast<T>(plane[y0 * d.w + x0]) + wy0 * wx1 * static_cast<T>(plane[y0 * d.w + x1]) +
-               wy1 * wx0 * static_cast<T>(plane[y1 * d.w + x0]) + wy1 * wx1 * static_cast<T>(plane[y1 * d.w + x1]);
-      }
-    }
+    for_each_tap(ay, ax, bin, d, [&](int64_t at, T w) { sum += w * static_cast<T>(plane[at]); });
     out[i] = static_cast<scalar_t>(sum / roi::sample_count(ay, ax));
   }
 }
@@ -112,20 +121,7 @@ __global__ void roi_align_backward_atomic_kernel(const scalar_t* __restrict__ gr
     align_axes(r, scale, d, sampling_ratio, aligned, ay, ax);
     const T g = static_cast<T>(grad[i]) / roi::sample_count(ay, ax);
     T* plane = grad_input + (b * d.c + bin.c) * d.h * d.w;
-    for (int iy = 0; iy < ay.grid; ++iy) {
-      int y0, y1;
-      T wy0, wy1;
-      if (!roi::axis_taps(roi::sample_pos(ay, bin.ph, iy), int(d.h), y0, y1, wy0, wy1)) continue;
-      for (int ix = 0; ix < ax.grid; ++ix) {
-        int x0, x1;
-        T wx0, wx1;
-        if (!roi::axis_taps(roi::sample_pos(ax, bin.pw, ix), int(d.w), x0, x1, wx0, wx1)) continue;
-        atomicAdd(plane + y0 * d.w + x0, g * wy0 * wx0);
-        atomicAdd(plane + y0 * d.w + x1, g * wy0 * wx1);
-        atomicAdd(plane + y1 * d.w + x0, g * wy1 * wx0);
-        atomicAdd(plane + y1 * d.w + x1, g * wy1 * wx1);
-      }
-    }
+    for_each_tap(ay, ax, bin, d, [&](int64_t at, T w) { atomicAdd(plane + at, g * w); });
   }
 }
 
