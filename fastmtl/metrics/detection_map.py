@@ -39,10 +39,10 @@ def average_precision(true_positive: Tensor, num_gt: int) -> float:
         return 0.0
     tp = true_positive.double().cumsum(0)
     precision = tp / torch.arange(1, tp.numel() + 1, dtype=torch.float64)
-    recall = tp / num_gt
     envelope = precision.flip(0).cummax(0).values.flip(0)
-    recall_step = torch.diff(recall, prepend=recall.new_zeros(1))
-    return float((recall_step * envelope).sum())
+    # Recall rises by exactly 1/num_gt at each true positive: summing the envelope there and
+    # dividing once keeps a perfect ranking at exactly 1.0 (differences of k/num_gt do not).
+    return float(envelope[true_positive.bool()].sum() / num_gt)
 
 
 def _match_class(dets: list, gts: list, thresholds: Sequence) -> Tensor:
