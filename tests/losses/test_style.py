@@ -26,7 +26,7 @@ def test_style_loss_module_captures_the_target_gram(norm, gen, seed):
     (g,) = torch.autograd.grad(got * w, x)
     r = x.detach().clone().requires_grad_()
     (want,) = torch.autograd.grad(style_ref(r, module.target_gram, norm).mean() * w, r)
-    assert_close(g, want, rtol=1e-10, atol=1e-18)
+    assert_close(g, want, rtol=1e-10, atol=1e-13 * want.abs().max().item())
     assert norm in repr(module)
 
 

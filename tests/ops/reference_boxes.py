@@ -45,13 +45,14 @@ def area_ref(boxes: torch.Tensor) -> torch.Tensor:
 
 def _overlap(lo1, hi1, lo2, hi2):
     """Length of the overlap of the intervals [lo1, hi1] and [lo2, hi2], 0 when disjoint."""
-    length = torch.where(hi1 < hi2, hi1, hi2) - torch.where(lo1 > lo2, lo1, lo2)
+    # minimum/maximum split a tie's gradient in half (torch's convention, as the kernels do)
+    length = torch.minimum(hi1, hi2) - torch.maximum(lo1, lo2)
     return torch.where(length > 0, length, torch.zeros_like(length))
 
 
 def _span(lo1, hi1, lo2, hi2):
     """Length of the smallest interval holding [lo1, hi1] and [lo2, hi2]."""
-    return torch.where(hi1 > hi2, hi1, hi2) - torch.where(lo1 < lo2, lo1, lo2)
+    return torch.maximum(hi1, hi2) - torch.minimum(lo1, lo2)
 
 
 def pair_ref(a: torch.Tensor, b: torch.Tensor, kind: str, *, eps: float, union_eps: float) -> torch.Tensor:

@@ -4,6 +4,7 @@ Small sizes only."""
 
 import math
 
+import numpy as np
 import torch
 
 __all__ = ["roi_align_ref", "roi_pool_ref", "rois_from_list"]
@@ -43,30 +44,48 @@ def _bilinear(plane: torch.Tensor, y: float, x: float) -> torch.Tensor:
     )
 
 
-def roi_align_ref(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False) -> torch.Tensor:
-    """RoI align in float64: the average of grid_h x grid_w bilinear samples per bin."""
+def _rounder(dtype: torch.dtype):
+    """Rounds a Python float to ``dtype`` (float32 or float64). One +, -, *, / done in float64
+    and rounded to float32 equals the same operation done in float32."""
+    if dtype == torch.float64:
+        return float
+    return lambda v: float(np.float32(v))
+
+
+def roi_align_ref(
+    x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, *, geom_dtype=None
+) -> torch.Tensor:
+    """RoI align in float64: the average of grid_h x grid_w bilinear samples per bin.
+
+    The sample positions and grid sizes are computed in ``geom_dtype`` (default: the kernels'
+    compute type, float32 unless ``x`` is float64), each operation rounded as theirs: a half
+    precision roi puts corners on a coarse grid, so samples often fall exactly on the
+    ``[-1, H]`` edge, where float32 and float64 positions can land on opposite sides.
+    """
     ph_n, pw_n = (output_size, output_size) if isinstance(output_size, int) else output_size
+    r = _rounder(geom_dtype or (torch.float64 if x.dtype == torch.float64 else torch.float32))
     x = x.detach().double()
     rois = rois.detach().double()
     out = x.new_zeros((rois.shape[0], x.shape[1], ph_n, pw_n))
     offset = 0.5 if aligned else 0.0
+    scale = r(spatial_scale)
     for k, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
         plane = x[int(b)]
-        sx, sy = x1 * spatial_scale - offset, y1 * spatial_scale - offset
-        rw, rh = x2 * spatial_scale - offset - sx, y2 * spatial_scale - offset - sy
+        sx, sy = r(r(x1 * scale) - offset), r(r(y1 * scale) - offset)
+        rw, rh = r(r(r(x2 * scale) - offset) - sx), r(r(r(y2 * scale) - offset) - sy)
         if not aligned:
             rw, rh = max(rw, 1.0), max(rh, 1.0)
-        bh, bw = rh / ph_n, rw / pw_n
-        gh = sampling_ratio if sampling_ratio > 0 else max(math.ceil(rh / ph_n), 0)
-        gw = sampling_ratio if sampling_ratio > 0 else max(math.ceil(rw / pw_n), 0)
+        bh, bw = r(rh / ph_n), r(rw / pw_n)
+        gh = sampling_ratio if sampling_ratio > 0 else max(math.ceil(r(rh / ph_n)), 0)
+        gw = sampling_ratio if sampling_ratio > 0 else max(math.ceil(r(rw / pw_n)), 0)
         count = max(gh * gw, 1)
         for ph in range(ph_n):
             for pw in range(pw_n):
                 acc = x.new_zeros(x.shape[1])
                 for iy in range(gh):
-                    y = sy + ph * bh + (iy + 0.5) * bh / gh
+                    y = r(r(sy + r(ph * bh)) + r(r((iy + 0.5) * bh) / gh))
                     for ix in range(gw):
-                        acc += _bilinear(plane, y, sx + pw * bw + (ix + 0.5) * bw / gw)
+                        acc += _bilinear(plane, y, r(r(sx + r(pw * bw)) + r(r((ix + 0.5) * bw) / gw)))
                 out[k, :, ph, pw] = acc / count
     return out
 

@@ -168,7 +168,9 @@ def test_gradient_of_mean_and_sum(gen):
     x.requires_grad_()
     (g_sum,) = torch.autograd.grad(ops.style_loss(x, t, reduction="sum") * 3.0, x)
     (g_mean,) = torch.autograd.grad(ops.style_loss(x, t, reduction="mean"), x)
-    assert_close(g_sum, g_mean * 12.0, rtol=1e-13, atol=1e-18)
+    want = g_mean * 12.0
+    # entries near zero by cancellation carry the rounding of the whole gradient's scale
+    assert_close(g_sum, want, rtol=1e-13, atol=1e-13 * want.abs().max().item())
 
 
 def test_double_backward_is_refused(gen):
