@@ -68,8 +68,12 @@ def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     # -fopenmp: at::parallel_for is an inline OpenMP loop, serial without it (libgomp is the
     # one torch already loaded). -fno-trapping-math lets GCC turn the box-math ternaries
-    # into vector selects; -fno-math-errno lets it drop unused libm calls.
+    # into vector selects; -fno-math-errno lets it drop unused libm calls. No FMA contraction,
+    # here (-ffp-contract=off, for builds with -march=native) or in nvcc (-fmad=false): the
+    # shared box math then rounds identically on both devices, so an IoU at an NMS threshold
+    # gets the same decision on the CPU and the GPU.
     cxx = ["-O3", "-g0", "-fvisibility=hidden", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+    cxx += ["-ffp-contract=off"]
     link = ["-fopenmp"]
     if not _want_cuda():
         return cpp_extension.CppExtension(
@@ -78,7 +82,7 @@ def _extension():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # no GPU to ask: build for the H100
     sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
-    nvcc = ["-O3", "--expt-relaxed-constexpr"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-fmad=false"]
     for inc in _nvidia_wheel_includes():
         nvcc += ["-isystem", inc]
         cxx += ["-isystem", inc]

@@ -807,6 +807,24 @@ def test_fallback_matches_compiled(dtype, gen, seed, monkeypatch):
             assert torch.equal(a, b), f"{name} seed={seed}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_iou_on_the_threshold_decided_as_on_the_cpu(device):
+    """A pair whose float32 IoU (0.534927905) sits just under the threshold: the product-then-add
+    rounding keeps the second box; a fused multiply-add would give 0.534927964 and suppress it.
+    63 far-away boxes score in between, so on CUDA the pair falls in different chunks of 64."""
+    a = [128.625702, 92.7128983, 240.965698, 117.182198]
+    b = [122.652596, 92.7870941, 223.770691, 131.466888]
+    fillers = [[1000.0 + 20 * i, 0.0, 1010.0 + 20 * i, 10.0] for i in range(63)]
+    boxes = torch.tensor([[a, *fillers, b]], dtype=torch.float32, device=device)
+    scores = torch.tensor([[0.9, *[0.89 - 1e-3 * i for i in range(63)], 0.8]], device=device)
+    threshold = 0.53492793
+    iou = float(ops.box_iou(boxes[0, :1].cpu(), boxes[0, -1:].cpu()))
+    assert abs(iou - threshold) < 1e-7 and iou <= threshold
+    det = ops.multiclass_nms(boxes, scores, threshold, 0.05, 100)
+    assert det.counts.tolist() == [65]
+    assert det.indices[0, :65].tolist() == list(range(65))
+
+
 # --------------------------------------------------------------------------- CUDA
 
 

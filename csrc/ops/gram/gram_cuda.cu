@@ -47,12 +47,13 @@ __global__ void symmetrize_kernel(const T* __restrict__ d, const T* __restrict__
   }
 }
 
-// One block per row (i, n): diff[n, i, :] = a * U - target, rows[n * c + i] = sum of squares.
+// One block per row s * c + i (a 1-D grid: gridDim.y would cap N at 65535):
+// diff[s, i, :] = a * U - target, rows[s * c + i] = sum of squares.
 template <typename T>
 __global__ void style_rows_kernel(const T* __restrict__ u, const T* __restrict__ target, int64_t target_stride,
                                   int64_t c, T a, T* __restrict__ diff, T* __restrict__ rows) {
   __shared__ T shared[kThreads / 32];
-  const int64_t i = blockIdx.x, s = blockIdx.y;
+  const int64_t s = blockIdx.x / c, i = blockIdx.x % c;
   const T* us = u + s * c * c;
   const T* ts = target + s * target_stride;
   T* o = diff + (s * c + i) * c;
@@ -105,10 +106,9 @@ template <typename T>
 void launch_style_forward(const at::Tensor& u, const at::Tensor& t, gram::StyleScales k, at::Tensor& diff,
                           at::Tensor& loss) {
   const int64_t n = diff.size(0), c = diff.size(1);
-  TORCH_CHECK(n <= 65535, "style_loss on CUDA takes at most 65535 samples, got ", n);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor rows = at::empty({n, c}, diff.options());
-  style_rows_kernel<T><<<dim3(c, n), kThreads, 0, stream>>>(
+  style_rows_kernel<T><<<n * c, kThreads, 0, stream>>>(
       u.const_data_ptr<T>(), t.const_data_ptr<T>(), t.dim() == 3 ? c * c : 0, c, static_cast<T>(k.a),
       diff.mutable_data_ptr<T>(), rows.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
