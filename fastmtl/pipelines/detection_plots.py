@@ -3,18 +3,11 @@
 from collections.abc import Sequence
 from pathlib import Path
 
+from fastmtl.pipelines._figures import pyplot, save_figure
+
 __all__ = ["save_detection_grid", "save_loss_plot"]
 
 _COLOURS = ("tab:red", "tab:orange", "tab:cyan", "tab:purple", "tab:pink", "tab:olive")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def save_detection_grid(
@@ -29,7 +22,7 @@ def save_detection_grid(
 ) -> Path:
     """One panel per image: ground truth dashed in green, detections scoring at least
     ``score_threshold`` in a colour per class with ``label score``. Writes a PNG at ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
@@ -59,17 +52,12 @@ def save_detection_grid(
             )
     fig.suptitle(title or f"detections (score >= {score_threshold}) vs ground truth (dashed)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_loss_plot(history: Sequence, path, *, title: str = "training losses") -> Path:
     """Plots each named loss of ``history`` (one dict of floats per step) on a log scale."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for name in history[0] if history else ():
         ax.plot([h[name] for h in history], label=name, lw=2.0 if name == "total" else 1.0)
     ax.set_yscale("log")
@@ -78,8 +66,4 @@ def save_loss_plot(history: Sequence, path, *, title: str = "training losses") -
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

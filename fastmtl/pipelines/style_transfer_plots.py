@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fastmtl.pipelines._figures import pyplot, save_figure
+
 __all__ = ["save_loss_plot", "save_panel", "save_png"]
 
 
@@ -39,12 +41,7 @@ def save_panel(images: list, path, gap: int = 4) -> str:
 
 def save_loss_plot(history: list, path: Path) -> str:
     """The unweighted terms (content, style, tv) and the weighted total per evaluation, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     for key in ("total", "content", "style", "tv"):
         values = [h[key] for h in history]
         if values and min(values) > 0:
@@ -54,6 +51,4 @@ def save_loss_plot(history: list, path: Path) -> str:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, path))
