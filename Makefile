@@ -13,7 +13,7 @@ SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.c
 # ccache's compiler links, when installed, make rebuilds from a clean clone fast.
 CCACHE_PATH := $(if $(wildcard /usr/lib/ccache),/usr/lib/ccache:,)
 
-.PHONY: test bench build lint cmake clean
+.PHONY: test bench build lint cmake clean gpu-check
 
 test: $(VENV)/.built
 	$(PY) -m pytest -q tests
@@ -39,6 +39,11 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check fastmtl tests benchmarks tools setup.py
 	$(VENV)/bin/ruff format --check fastmtl tests benchmarks tools setup.py
+
+# On a machine with an NVIDIA GPU and torch installed (no venv, no network): build for that GPU,
+# run every CUDA test and the GPU benchmark rows; results under benchmarks/results/gpu-check-*/.
+gpu-check:
+	tools/gpu_check.sh
 
 # The same ops as a C++ shared library (build-cmake/libfastmtl_ops.so) for C++ users.
 cmake: $(VENV)/.deps

@@ -80,7 +80,9 @@ def _extension():
             "fastmtl._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
         )
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # no GPU to ask: build for the H100
+        # No GPU to ask: Ampere (A100, A10/RTX 30), Ada (L4, RTX 40), Hopper, and PTX for newer
+        # GPUs. With a GPU visible, torch builds for it alone; CI builds 9.0 only, to be fast.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;8.6;8.9;9.0+PTX"
     sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-fmad=false"]
     for inc in _nvidia_wheel_includes():
@@ -99,10 +101,11 @@ def _version() -> str:
 setup(
     name="fastmtl",
     version=_version(),
-    description="Fast C++/CUDA kernels for detection, Siamese, style transfer and multi-task learning",
+    description="Fast C++/CUDA box IoU, NMS, RoI pooling and Gram/style-loss ops for PyTorch, drop-in for torchvision.ops",
     packages=find_packages(include=["fastmtl", "fastmtl.*"]),
     python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy"],
+    # 2.8: the Gram kernels' bmm with out_dtype (float32 output from half input on CUDA).
+    install_requires=["torch>=2.8", "numpy"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "torchvision"],
         # The demos: progress bars, plots, PNGs and the sample photos of scikit-image.

@@ -5,6 +5,8 @@ Importing ``fastmtl._C`` runs its static registrations, which put the kernels un
 warning), so ``import fastmtl`` always works.
 """
 
+import functools
+import os
 import warnings
 
 import torch
@@ -16,9 +18,10 @@ try:
 except ImportError as e:  # not built, or built against another torch
     _LOAD_ERROR = e
 
-_warned = False
+_warned = set()
+_debug_checks = os.environ.get("FASTMTL_DEBUG_CHECKS", "0").lower() in ("1", "true", "yes", "on")
 
-__all__ = ["has_compiled_ops", "has_cuda_ops", "use_compiled"]
+__all__ = ["debug_checks", "has_compiled_ops", "has_cuda_ops", "set_debug_checks", "use_compiled"]
 
 
 def has_compiled_ops() -> bool:
@@ -26,24 +29,60 @@ def has_compiled_ops() -> bool:
     return _LOAD_ERROR is None
 
 
-def has_cuda_ops() -> bool:
-    """True when the extension was built with CUDA kernels (whether or not a GPU is present)."""
-    return has_compiled_ops() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "fastmtl::pairwise_box_iou", "CUDA"
-    )
-
-
-def use_compiled(*tensors: torch.Tensor) -> bool:
-    """Whether the compiled kernel can run on these tensors; warns once when the extension is missing."""
-    global _warned
+@functools.lru_cache(maxsize=None)
+def compiled_op_names() -> tuple:
+    """Every op the extension registered under ``torch.ops.fastmtl`` (``"fastmtl::name"``)."""
     if not has_compiled_ops():
-        if not _warned:
-            warnings.warn(
-                f"fastmtl: compiled ops unavailable ({_LOAD_ERROR}); using the pure-PyTorch fallback",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            _warned = True
+        return ()
+    return tuple(sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastmtl::")))
+
+
+@functools.lru_cache(maxsize=None)
+def has_cuda_ops() -> bool:
+    """True when the extension was built with CUDA kernels for every op (whether or not a GPU is
+    present)."""
+    names = compiled_op_names()
+    return bool(names) and all(torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA") for n in names)
+
+
+def _warn_once(key: tuple, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def use_compiled(tensor: torch.Tensor, op: str = "") -> bool:
+    """Whether the compiled kernel of ``op`` runs on ``tensor``'s device.
+
+    Warns once when the extension is missing, and once per op and device when a tensor is on a
+    device the build has no kernel for (a CUDA tensor with a CPU-only build): the pure-PyTorch
+    fallback then runs, which is correct but slow.
+    """
+    if not has_compiled_ops():
+        _warn_once(("load",), f"fastmtl: compiled ops unavailable ({_LOAD_ERROR}); using the pure-PyTorch fallback")
         return False
-    dev = tensors[0].device.type
-    return dev == "cpu" or (dev == "cuda" and has_cuda_ops())
+    dev = tensor.device.type
+    if dev in ("cpu", "meta"):
+        return True
+    if dev == "cuda" and has_cuda_ops():
+        return True
+    _warn_once(
+        (op, dev),
+        f"fastmtl.ops.{op}: this build of fastmtl has no {dev} kernels; running the (slow) pure-PyTorch "
+        f"fallback on {dev}. Rebuild with CUDA (see README) for the compiled kernels.",
+    )
+    return False
+
+
+def debug_checks() -> bool:
+    """Whether value checks (NaN coordinates, batch indices...) also run on CUDA tensors."""
+    return _debug_checks
+
+
+def set_debug_checks(enabled: bool) -> None:
+    """Turns on the value checks that read CUDA tensors back to the host (a device sync per
+    check). Off by default: on CUDA only shapes, dtypes and devices are checked, and values are
+    checked inside the kernels where the op already copies something to the host. The
+    environment variable ``FASTMTL_DEBUG_CHECKS=1`` turns them on at import."""
+    global _debug_checks
+    _debug_checks = bool(enabled)

@@ -25,7 +25,6 @@ __all__ = [
     "degenerate_boxes",
     "distinct_boxes",
     "env_flag",
-    "gradient_boxes",
     "grid_boxes",
     "has_cuda",
     "random_boxes",
@@ -122,14 +121,6 @@ def tie_free_boxes(*shapes, gen: torch.Generator, dtype=torch.float32, device="c
     ys = torch.randperm(levels, generator=gen)[: 2 * total].view(total, 2).sort(dim=1).values
     boxes = torch.stack((xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]), dim=-1).to(device=device, dtype=dtype)
     return tuple(part.reshape(*s, 4) for part, s in zip(boxes.split(counts), shapes))
-
-
-def gradient_boxes(*shapes, gen: torch.Generator, dtype=torch.float32, device="cpu"):
-    """Boxes where the gradient is defined: continuous random boxes for float32/float64,
-    :func:`tie_free_boxes` for float16/bfloat16 (whose rounding would create ties)."""
-    if dtype in HALF_DTYPES:
-        return tie_free_boxes(*shapes, gen=gen, dtype=dtype, device=device)
-    return tuple(random_boxes(s, gen=gen, dtype=dtype, device=device) for s in shapes)
 
 
 def grid_boxes(n, *, gen: torch.Generator, dtype=torch.float32, device="cpu", cells: int = 6) -> torch.Tensor:

@@ -15,17 +15,17 @@ class StyleLoss(nn.Module):
 
     Args:
         target_features: style-image features ``[C, H, W]`` or ``[N, C, H, W]``. Their Gram
-            matrix (unnormalized for ``"seed"``, normalized for ``"mse"``) is kept as the buffer
+            matrix (unnormalized for ``"gatys"``, normalized for ``"mse"``) is kept as the buffer
             ``target_gram``, ``[C, C]`` for one image (applied to every sample of the input),
             else ``[N, C, C]``. Kept in float32 for half features.
-        normalization: ``"seed"`` (the lecture's ``J_style``) or ``"mse"`` (PyTorch tutorial).
+        normalization: ``"gatys"`` (the lecture's ``J_style``) or ``"mse"`` (PyTorch tutorial).
         reduction: over the batch, ``"mean"``, ``"sum"`` or ``"none"``.
     """
 
     target_gram: Tensor
 
     def __init__(
-        self, target_features: Tensor, *, normalization: str = "seed", reduction: str = "mean"
+        self, target_features: Tensor, *, normalization: str = "gatys", reduction: str = "mean"
     ) -> None:
         super().__init__()
         norm = _normalization(normalization)
@@ -58,12 +58,12 @@ class StyleLoss(nn.Module):
 class ContentLoss(nn.Module):
     """Content loss against a fixed ``target`` (kept detached as the buffer ``target``).
 
-    ``"seed"``: ``1/2 ||a_C - a_G||^2`` per sample; ``"mse"``: mean of squares.
+    ``"gatys"``: ``1/2 ||a_C - a_G||^2`` per sample; ``"mse"``: mean of squares.
     """
 
     target: Tensor
 
-    def __init__(self, target: Tensor, *, normalization: str = "seed", reduction: str = "mean") -> None:
+    def __init__(self, target: Tensor, *, normalization: str = "gatys", reduction: str = "mean") -> None:
         super().__init__()
         _normalization(normalization)
         check_reduction(reduction)

@@ -1,5 +1,7 @@
 """fastmtl.ops: compiled ops with the same calls as their torchvision counterparts."""
 
+import torch
+
 from fastmtl.ops.box_iou import (
     aligned_box_iou,
     box_iou,
@@ -54,3 +56,10 @@ __all__ = [
     "iou_loss",
     "style_loss",
 ]
+
+# Calls through this package (``fastmtl.ops.box_iou(...)``) are FX leaves too, as torchvision's
+# ops are: torch.fx patches these names here while it traces.
+for _name in __all__:
+    if _name[0].islower():
+        torch.fx.wrap(_name)
+del _name

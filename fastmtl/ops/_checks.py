@@ -1,9 +1,25 @@
-"""Argument checks shared by the public ops. Every message names the argument."""
+"""Argument checks shared by the public ops. Every message names the argument.
+
+These run in eager Python only (under ``torch.jit.script`` the C++ schema checks remain).
+They never read a CUDA tensor's values: that would be a device-to-host sync on every call.
+Value checks (NaN coordinates, out-of-range indices) run on CPU tensors, inside the kernels, or
+on CUDA when :func:`fastmtl.set_debug_checks` is on.
+"""
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-__all__ = ["BoxesShapeError", "InputError", "check_box_pair", "check_boxes", "check_reduction"]
+from fastmtl._ext import debug_checks
+
+__all__ = [
+    "BoxesShapeError",
+    "InputError",
+    "autocast_on",
+    "check_box_pair",
+    "check_boxes",
+    "check_reduction",
+    "values_readable",
+]
 
 
 class InputError(ValueError, RuntimeError):
@@ -24,28 +40,37 @@ def _check_tensor(name: str, t) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
-def _has_data(t: torch.Tensor) -> bool:
-    # Meta and fake tensors (shape propagation, torch.export) carry no values to check.
-    if t.device.type == "meta":
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether a check may read ``t``'s values: a CPU tensor with data (not meta, not fake, not
+    while torch.compile traces), or any device when debug checks are on."""
+    if t.numel() == 0 or torch.compiler.is_compiling():
+        return False
+    dev = t.device.type
+    if dev == "meta" or (dev != "cpu" and not debug_checks()):
         return False
     return type(t) in (torch.Tensor, torch.nn.Parameter) or not is_fake(t)  # cheap test first
 
 
+def autocast_on(t: torch.Tensor) -> bool:
+    """Whether autocast is on for ``t``'s device: the ops' autocast kernels then reconcile
+    mixed dtypes, so the Python checks let them through."""
+    dev = t.device.type
+    return dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev)
+
+
 def _check_finite(name: str, t: torch.Tensor) -> None:
-    # Skipped while torch.compile traces: the check would be a data-dependent branch.
-    if t.is_floating_point() and t.numel() and not torch.compiler.is_compiling() and _has_data(t):
-        if not bool(torch.isfinite(t).all()):
-            raise InputError(f"{name} contains NaN or infinite coordinates")
+    if t.is_floating_point() and values_readable(t) and not bool(torch.isfinite(t).all()):
+        raise InputError(f"{name} contains NaN or infinite coordinates")
 
 
 def check_boxes(name: str, boxes, *, pairwise: bool) -> torch.Tensor:
     """Checks one box tensor and returns it upcast as torchvision does (integers to float32).
 
-    Pairwise ops take ``[N, 4]``; aligned ops and losses take ``[..., 4]``.
+    Pairwise ops take ``[..., N, 4]``; aligned ops and losses take ``[..., 4]``.
     """
     _check_tensor(name, boxes)
-    if boxes.dim() == 0 or boxes.shape[-1] != 4 or (pairwise and boxes.dim() != 2):
-        want = "[N, 4]" if pairwise else "[..., 4]"
+    if boxes.dim() < (2 if pairwise else 1) or boxes.shape[-1] != 4:
+        want = "[..., N, 4]" if pairwise else "[..., 4]"
         raise InputError(f"{name} must have shape {want}, got {list(boxes.shape)}")
     if boxes.dtype in _BOX_FLOATS:
         _check_finite(name, boxes)
@@ -56,18 +81,24 @@ def check_boxes(name: str, boxes, *, pairwise: bool) -> torch.Tensor:
 
 
 def check_box_pair(boxes1, boxes2, *, pairwise: bool) -> tuple:
-    """Checks boxes1 and boxes2 together: shapes, one dtype, one device."""
+    """Checks boxes1 and boxes2 together: shapes, one dtype (unless autocast is on), one device."""
     for name, t in (("boxes1", boxes1), ("boxes2", boxes2)):
         _check_tensor(name, t)
-    if boxes1.dtype != boxes2.dtype:
-        raise TypeError(f"boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and {boxes2.dtype}")
     if boxes1.device != boxes2.device:
         raise InputError(
             f"boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}"
         )
-    return check_boxes("boxes1", boxes1, pairwise=pairwise), check_boxes("boxes2", boxes2, pairwise=pairwise)
+    boxes1 = check_boxes("boxes1", boxes1, pairwise=pairwise)
+    boxes2 = check_boxes("boxes2", boxes2, pairwise=pairwise)
+    if boxes1.dtype != boxes2.dtype:
+        if not autocast_on(boxes1):
+            raise TypeError(
+                f"boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and {boxes2.dtype}"
+            )
+    return boxes1, boxes2
 
 
 def check_reduction(reduction: str) -> None:
+    # "Invalid", as torchvision's messages: code written against it matches on the word.
     if reduction not in ("none", "mean", "sum"):
-        raise InputError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        raise InputError(f"Invalid value for reduction: {reduction!r}; expected 'none', 'mean' or 'sum'")

@@ -13,6 +13,7 @@ __all__ = [
     "gram_matrix",
     "multiclass_nms",
     "nms",
+    "pair_compute_dtype",
     "pairwise_box_iou",
     "roi_align",
     "roi_pool",
@@ -49,20 +50,25 @@ def _iou_terms(a: torch.Tensor, b: torch.Tensor, kind: str, eps: float, union_ep
         return diou
     t = torch.atan((ax2 - ax1) / (ay2 - ay1)) - torch.atan((bx2 - bx1) / (by2 - by1))
     v = (4 / math.pi**2) * t * t
-    with torch.no_grad():
-        alpha = v / (1 - iou + v + eps)
+    alpha = (v / (1 - iou + v + eps)).detach()  # a constant in the gradient, as in torchvision
     return diou - alpha * v
 
 
+def pair_compute_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """The compute dtype of two box tensors (mixed dtypes come from autocast)."""
+    return torch.promote_types(compute_dtype(a), compute_dtype(b))
+
+
 def pairwise_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
-    """[N, 4] x [M, 4] -> [N, M] in the compute dtype; the union has no eps (torchvision.ops)."""
-    dt = compute_dtype(boxes1.dtype)
-    return _iou_terms(boxes1.to(dt)[:, None, :], boxes2.to(dt)[None, :, :], kind, eps, 0.0)
+    """[..., N, 4] x [..., M, 4] -> [..., N, M] in the compute dtype (leading dimensions
+    broadcast); the union has no eps (torchvision.ops)."""
+    dt = pair_compute_dtype(boxes1.dtype, boxes2.dtype)
+    return _iou_terms(boxes1.to(dt)[..., :, None, :], boxes2.to(dt)[..., None, :, :], kind, eps, 0.0)
 
 
 def aligned_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
     """[N, 4] x [N, 4] -> [N] in the compute dtype; eps in every denominator (the IoU losses)."""
-    dt = compute_dtype(boxes1.dtype)
+    dt = pair_compute_dtype(boxes1.dtype, boxes2.dtype)
     return _iou_terms(boxes1.to(dt), boxes2.to(dt), kind, eps, eps)
 
 

@@ -1,8 +1,14 @@
 """IoU of boxes: pairwise (N x M, as torchvision.ops) and aligned (elementwise pairs).
 
-Boxes are corners ``(x1, y1, x2, y2)`` with ``0 <= x1 <= x2`` and ``0 <= y1 <= y2``;
-convert other formats with :func:`fastmtl.ops.box_convert`. float16 and bfloat16 boxes
-are computed in float32; integer boxes are converted to float32.
+Boxes are corners ``(x1, y1, x2, y2)`` with ``0 <= x1 <= x2`` and ``0 <= y1 <= y2`` (the pairwise
+ops also take ``fmt="xywh"`` or ``"cxcywh"``, as torchvision 0.29's ``box_iou``). float16 and
+bfloat16 boxes are computed in float32; integer boxes are converted to float32.
+
+Drop-in details: every function scripts with ``torch.jit.script`` (with the compiled extension)
+and is a ``torch.fx`` leaf. Under autocast, boxes of two dtypes are computed in the wider one
+(float32 at least). Double backward (``create_graph=True``) works: the backward is then the
+differentiable plain-PyTorch formula. Batched pairwise input ``[..., N, 4]`` is computed by the
+broadcast plain-PyTorch formula (the kernels take ``[N, 4]``).
 """
 
 import torch
@@ -11,6 +17,7 @@ from torch import Tensor
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
 from fastmtl.ops._checks import InputError, check_box_pair
+from fastmtl.ops.boxes import box_convert
 
 __all__ = [
     "aligned_box_iou",
@@ -20,76 +27,116 @@ __all__ = [
     "generalized_box_iou",
 ]
 
-VARIANTS = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
+KINDS = ["iou", "giou", "diou", "ciou"]  # the schemas' `variant` is the index
 
 
 def _variant(kind: str) -> int:
-    if kind not in VARIANTS:
-        raise InputError(f"kind must be one of {sorted(VARIANTS)}, got {kind!r}")
-    return VARIANTS[kind]
+    # (TorchScript cannot read the module-level list.)
+    if kind == "giou":
+        return 1
+    if kind == "diou":
+        return 2
+    if kind == "ciou":
+        return 3
+    return 0
 
 
-def _check_eps(eps: float) -> float:
+def _kind(variant: int) -> str:
+    return ["iou", "giou", "diou", "ciou"][variant]
+
+
+def _check_eps(eps) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
-        raise InputError(f"eps must be a finite number >= 0, got {eps!r}")
+        raise InputError(f"Invalid eps {eps!r}: must be a finite number >= 0")
     return float(eps)
 
 
-def _pairwise(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> Tensor:
+def _check_fmt(fmt) -> None:
+    if fmt not in ("xyxy", "xywh", "cxcywh"):
+        raise InputError(f"Invalid fmt {fmt!r}: expected 'xyxy', 'xywh' or 'cxcywh'")
+
+
+def _pairwise_eager(boxes1, boxes2, variant: int, eps, fmt) -> Tensor:
+    _check_fmt(fmt)
     boxes1, boxes2 = check_box_pair(boxes1, boxes2, pairwise=True)
     eps = _check_eps(eps)
-    if use_compiled(boxes1):
-        return torch.ops.fastmtl.pairwise_box_iou(boxes1, boxes2, VARIANTS[kind], eps)
-    return _reference.pairwise_box_iou(boxes1, boxes2, kind, eps)
+    if fmt != "xyxy":
+        boxes1, boxes2 = box_convert(boxes1, fmt, "xyxy"), box_convert(boxes2, fmt, "xyxy")
+    if boxes1.dim() == 2 and boxes2.dim() == 2 and use_compiled(boxes1, KINDS[variant]):
+        return torch.ops.fastmtl.pairwise_box_iou(boxes1, boxes2, variant, eps)
+    return _reference.pairwise_box_iou(boxes1, boxes2, KINDS[variant], eps)
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+def _pairwise(boxes1: Tensor, boxes2: Tensor, variant: int, eps: float, fmt: str) -> Tensor:
+    if not torch.jit.is_scripting():
+        return _pairwise_eager(boxes1, boxes2, variant, eps, fmt)
+    # TorchScript: the extension's kernel, its schema checks; batched boxes take the reference.
+    if not boxes1.is_floating_point():
+        boxes1 = boxes1.float()
+    if not boxes2.is_floating_point():
+        boxes2 = boxes2.float()
+    if fmt != "xyxy":
+        boxes1, boxes2 = box_convert(boxes1, fmt, "xyxy"), box_convert(boxes2, fmt, "xyxy")
+    if boxes1.dim() == 2 and boxes2.dim() == 2:
+        return torch.ops.fastmtl.pairwise_box_iou(boxes1, boxes2, variant, eps)
+    return _reference.pairwise_box_iou(boxes1, boxes2, _kind(variant), eps)
+
+
+@torch.fx.wrap
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     """Pairwise intersection over union, as ``torchvision.ops.box_iou``.
 
     Args:
-        boxes1: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``.
-        boxes2: ``Tensor[M, 4]``, same dtype and device.
+        boxes1: ``Tensor[..., N, 4]``, in ``fmt``.
+        boxes2: ``Tensor[..., M, 4]``, same dtype (unless under autocast) and device; the leading
+            dimensions broadcast with those of ``boxes1``.
+        fmt: ``"xyxy"`` (corners, default), ``"xywh"`` or ``"cxcywh"``.
 
     Returns:
-        ``Tensor[N, M]``: IoU of every pair, float32 for float16/bfloat16/integer input,
+        ``Tensor[..., N, M]``: IoU of every pair, float32 for float16/bfloat16/integer input,
         else the input dtype. Two zero-area boxes give NaN (0 / 0), as in torchvision.
     """
-    return _pairwise(boxes1, boxes2, "iou", 0.0)
+    return _pairwise(boxes1, boxes2, 0, 0.0, fmt)
 
 
+@torch.fx.wrap
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise generalized IoU (Rezatofighi et al. 2019), as ``torchvision.ops.generalized_box_iou``.
 
     ``GIoU = IoU - (C - union) / C`` with ``C`` the area of the smallest enclosing box.
-    Shapes and dtypes as :func:`box_iou`; values in ``[-1, 1]``.
+    Shapes (``[..., N, 4]``) and dtypes as :func:`box_iou`; values in ``[-1, 1]``.
     """
-    return _pairwise(boxes1, boxes2, "giou", 0.0)
+    return _pairwise(boxes1, boxes2, 1, 0.0, "xyxy")
 
 
+@torch.fx.wrap
 def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     """Pairwise distance IoU (Zheng et al. 2020), as ``torchvision.ops.distance_box_iou``.
 
     ``DIoU = IoU - rho^2 / (c^2 + eps)`` with ``rho`` the distance between the box centres
     and ``c`` the diagonal of the enclosing box. Shapes and dtypes as :func:`box_iou`.
     """
-    return _pairwise(boxes1, boxes2, "diou", eps)
+    return _pairwise(boxes1, boxes2, 2, eps, "xyxy")
 
 
+@torch.fx.wrap
 def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     """Pairwise complete IoU (Zheng et al. 2020), as ``torchvision.ops.complete_box_iou``.
 
     ``CIoU = DIoU - alpha * v`` with ``v = 4 / pi^2 (atan(w1/h1) - atan(w2/h2))^2`` and
     ``alpha = v / (1 - IoU + v + eps)`` (a constant in the gradient). Shapes as :func:`box_iou`.
     """
-    return _pairwise(boxes1, boxes2, "ciou", eps)
+    return _pairwise(boxes1, boxes2, 3, eps, "xyxy")
 
 
-def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, *, kind: str = "iou", eps: float = 1e-7) -> Tensor:
+@torch.fx.wrap
+def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
     """IoU, GIoU, DIoU or CIoU of corresponding boxes (the diagonal of the pairwise op).
 
     Args:
         boxes1: ``Tensor[..., 4]`` in ``(x1, y1, x2, y2)``.
-        boxes2: ``Tensor[..., 4]``, broadcastable with ``boxes1``, same dtype and device.
+        boxes2: ``Tensor[..., 4]``, broadcastable with ``boxes1``, same dtype (unless under
+            autocast) and device.
         kind: ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``.
         eps: added to every denominator (union, enclosing area, squared diagonal), as in
             torchvision's IoU losses.
@@ -98,7 +145,20 @@ def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, *, kind: str = "iou", eps: f
         ``Tensor[...]``, differentiable: float32 for float16/bfloat16/integer input (as
         torchvision's losses), else the input dtype.
     """
-    variant = _variant(kind)
+    if not torch.jit.is_scripting():
+        return _aligned_eager(boxes1, boxes2, kind, eps)
+    if not boxes1.is_floating_point():
+        boxes1 = boxes1.float()
+    if not boxes2.is_floating_point():
+        boxes2 = boxes2.float()
+    boxes1, boxes2 = torch.broadcast_tensors(boxes1, boxes2)
+    out = torch.ops.fastmtl.aligned_box_iou(boxes1.reshape(-1, 4), boxes2.reshape(-1, 4), _variant(kind), eps)
+    return out.reshape(boxes1.shape[:-1])
+
+
+def _aligned_eager(boxes1, boxes2, kind, eps) -> Tensor:
+    if kind not in KINDS:
+        raise InputError(f"Invalid kind {kind!r}: expected one of {KINDS}")
     boxes1, boxes2 = check_box_pair(boxes1, boxes2, pairwise=False)
     eps = _check_eps(eps)
     try:
@@ -109,26 +169,34 @@ def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, *, kind: str = "iou", eps: f
         ) from None
     shape = boxes1.shape[:-1]
     flat1, flat2 = boxes1.reshape(-1, 4), boxes2.reshape(-1, 4)
-    if use_compiled(flat1):
-        out = torch.ops.fastmtl.aligned_box_iou(flat1, flat2, variant, eps)
+    if use_compiled(flat1, "aligned_box_iou"):
+        out = torch.ops.fastmtl.aligned_box_iou(flat1, flat2, _variant(kind), eps)
     else:
         out = _reference.aligned_box_iou(flat1, flat2, kind, eps)
     return out.reshape(shape)
+
+
+def _differentiable_backward(reference, kind: str, eps: float, boxes1: Tensor, boxes2: Tensor, grad: Tensor):
+    """The backward as plain-PyTorch ops (a vector-Jacobian product of the reference), so that
+    a graph of it can be built: used only for double backward (create_graph=True)."""
+    _, vjp = torch.func.vjp(lambda a, b: reference(a, b, kind, eps), boxes1, boxes2)
+    return vjp(grad)
 
 
 def _register() -> None:
     """Fake (meta) kernels for torch.compile and autograd formulas for the compiled ops."""
     lib = "fastmtl::"
 
+    def result_dtype(boxes1, boxes2):
+        return _reference.pair_compute_dtype(boxes1.dtype, boxes2.dtype)
+
     @torch.library.register_fake(lib + "pairwise_box_iou")
     def _(boxes1, boxes2, variant, eps):
-        return boxes1.new_empty(
-            (boxes1.shape[0], boxes2.shape[0]), dtype=_reference.compute_dtype(boxes1.dtype)
-        )
+        return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]), dtype=result_dtype(boxes1, boxes2))
 
     @torch.library.register_fake(lib + "aligned_box_iou")
     def _(boxes1, boxes2, variant, eps):
-        return boxes1.new_empty((boxes1.shape[0],), dtype=_reference.compute_dtype(boxes1.dtype))
+        return boxes1.new_empty((boxes1.shape[0],), dtype=result_dtype(boxes1, boxes2))
 
     for name in ("_pairwise_box_iou_backward", "_aligned_box_iou_backward"):
         torch.library.register_fake(lib + name)(
@@ -139,22 +207,25 @@ def _register() -> None:
         boxes1, boxes2, ctx.variant, ctx.eps = inputs
         ctx.save_for_backward(boxes1, boxes2)
 
-    def backward_of(backward_op):
+    def backward_of(backward_op, reference):
         def backward(ctx, grad):
             boxes1, boxes2 = ctx.saved_tensors
-            g1, g2 = backward_op(grad, boxes1, boxes2, ctx.variant, ctx.eps)
+            if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable
+                g1, g2 = _differentiable_backward(reference, KINDS[ctx.variant], ctx.eps, boxes1, boxes2, grad)
+            else:
+                g1, g2 = backward_op(grad, boxes1, boxes2, ctx.variant, ctx.eps)
             return g1, g2, None, None
 
         return backward
 
     torch.library.register_autograd(
         lib + "pairwise_box_iou",
-        backward_of(torch.ops.fastmtl._pairwise_box_iou_backward),
+        backward_of(torch.ops.fastmtl._pairwise_box_iou_backward, _reference.pairwise_box_iou),
         setup_context=setup_context,
     )
     torch.library.register_autograd(
         lib + "aligned_box_iou",
-        backward_of(torch.ops.fastmtl._aligned_box_iou_backward),
+        backward_of(torch.ops.fastmtl._aligned_box_iou_backward, _reference.aligned_box_iou),
         setup_context=setup_context,
     )
 

@@ -5,6 +5,7 @@ and ``complete_box_iou_loss`` (also exported under those names), computed by one
 kernel forward and one backward.
 """
 
+import torch
 from torch import Tensor
 
 from fastmtl.ops._checks import check_reduction
@@ -23,15 +24,18 @@ __all__ = [
 
 
 def _loss(kind: str, boxes1: Tensor, boxes2: Tensor, reduction: str, eps: float) -> Tensor:
-    check_reduction(reduction)
-    return reduce_loss(1 - aligned_box_iou(boxes1, boxes2, kind=kind, eps=eps), reduction)
+    if not torch.jit.is_scripting():
+        check_reduction(reduction)
+    return reduce_loss(1 - aligned_box_iou(boxes1, boxes2, kind, eps), reduction)
 
 
+@torch.fx.wrap
 def iou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
     """``1 - IoU`` of corresponding boxes ``[..., 4]``; ``reduction`` is none, mean or sum."""
     return _loss("iou", boxes1, boxes2, reduction, eps)
 
 
+@torch.fx.wrap
 def giou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
     """``1 - GIoU`` of corresponding boxes ``[..., 4]``, as ``torchvision.ops.generalized_box_iou_loss``.
 
@@ -44,11 +48,13 @@ def giou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: floa
     return _loss("giou", boxes1, boxes2, reduction, eps)
 
 
+@torch.fx.wrap
 def diou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
     """``1 - DIoU`` of corresponding boxes, as ``torchvision.ops.distance_box_iou_loss``."""
     return _loss("diou", boxes1, boxes2, reduction, eps)
 
 
+@torch.fx.wrap
 def ciou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
     """``1 - CIoU`` of corresponding boxes, as ``torchvision.ops.complete_box_iou_loss``.
 

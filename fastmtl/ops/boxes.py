@@ -29,36 +29,55 @@ def _from_xyxy(boxes: Tensor, fmt: str) -> Tensor:
     return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)  # cxcywh
 
 
+def _check_convert(boxes, in_fmt, out_fmt) -> None:
+    for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
+        if fmt not in _FORMATS:
+            raise InputError(f"Invalid {name} {fmt!r}: expected one of {_FORMATS}")
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
+    if boxes.dim() == 0 or boxes.shape[-1] != 4:
+        raise InputError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
+
+
+def _check_area(boxes, fmt) -> Tensor:
+    if fmt not in _FORMATS:
+        raise InputError(f"Invalid fmt {fmt!r}: expected one of {_FORMATS}")
+    if isinstance(boxes, Tensor) and not boxes.is_floating_point() and boxes.dtype != torch.bool:
+        if boxes.dim() == 0 or boxes.shape[-1] != 4:
+            raise InputError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
+        return boxes
+    return check_boxes("boxes", boxes, pairwise=False)
+
+
+@torch.fx.wrap
 def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     """Converts ``Tensor[..., 4]`` boxes between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"``.
 
     Same call and results as ``torchvision.ops.box_convert``: a new tensor of the same shape
     and dtype (a copy when the formats are equal).
     """
-    for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
-        if fmt not in _FORMATS:
-            raise InputError(f"{name} must be one of {_FORMATS}, got {fmt!r}")
-    if not isinstance(boxes, Tensor):
-        raise TypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
-    if boxes.dim() == 0 or boxes.shape[-1] != 4:
-        raise InputError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
+    if not torch.jit.is_scripting():
+        _check_convert(boxes, in_fmt, out_fmt)
     if in_fmt == out_fmt:
         return boxes.clone()
     xyxy = boxes if in_fmt == "xyxy" else _to_xyxy(boxes, in_fmt)
     return xyxy if out_fmt == "xyxy" else _from_xyxy(xyxy, out_fmt)
 
 
-def box_area(boxes: Tensor) -> Tensor:
-    """Area ``(x2 - x1) * (y2 - y1)`` of ``Tensor[..., 4]`` corner boxes, as ``torchvision.ops.box_area``.
+@torch.fx.wrap
+def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
+    """Area of ``Tensor[..., 4]`` boxes, as ``torchvision.ops.box_area``: ``(x2 - x1) * (y2 - y1)``
+    for ``fmt="xyxy"``, ``w * h`` for ``"xywh"`` and ``"cxcywh"``.
 
     Returns ``Tensor[...]``: float32 for float16/bfloat16 boxes, int32/int64 kept for integer
     boxes (smaller integer types widened to int32), else the input dtype, as torchvision does.
     """
-    if isinstance(boxes, Tensor) and not boxes.is_floating_point() and boxes.dtype != torch.bool:
-        if boxes.dim() == 0 or boxes.shape[-1] != 4:
-            raise InputError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
-        boxes = boxes if boxes.dtype in (torch.int32, torch.int64) else boxes.int()
-    else:
-        boxes = check_boxes("boxes", boxes, pairwise=False)
+    if not torch.jit.is_scripting():
+        boxes = _check_area(boxes, fmt)
+    if boxes.is_floating_point():
         boxes = boxes.to(compute_dtype(boxes.dtype))
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    elif boxes.dtype not in (torch.int32, torch.int64):
+        boxes = boxes.int()
+    if fmt == "xyxy":
+        return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return boxes[..., 2] * boxes[..., 3]

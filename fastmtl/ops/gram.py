@@ -45,6 +45,7 @@ def _check_flag(name: str, value) -> bool:
     return value
 
 
+@torch.fx.wrap
 def gram_matrix(features: Tensor, normalize: bool = True) -> Tensor:
     """Per-sample Gram matrix ``F F^T`` of ``[N, C, H, W]`` features.
 
@@ -60,11 +61,12 @@ def gram_matrix(features: Tensor, normalize: bool = True) -> Tensor:
         when ``torch.backends.cuda.matmul.allow_tf32`` is set (as ``torch.bmm``), half types use
         tensor cores with float32 accumulation.
     """
-    features = check_features("features", features)
-    normalize = _check_flag("normalize", normalize)
-    if use_compiled(features):
-        return torch.ops.fastmtl.gram_matrix(features, normalize)
-    return _reference.gram_matrix(features, normalize)
+    if not torch.jit.is_scripting():
+        features = check_features("features", features)
+        normalize = _check_flag("normalize", normalize)
+        if not use_compiled(features, "gram_matrix"):
+            return _reference.gram_matrix(features, normalize)
+    return torch.ops.fastmtl.gram_matrix(features, normalize)
 
 
 def grad_like(features: Tensor) -> Tensor:

@@ -66,6 +66,7 @@ def _check(boxes, scores, max_detections) -> Tensor:
     return boxes if boxes.is_floating_point() else boxes.float()
 
 
+@torch.fx.wrap
 def multiclass_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -95,13 +96,17 @@ def multiclass_nms(
         :class:`Detections` of fixed shapes. The values are not checked (NaN scores never pass,
         NaN coordinates suppress nothing): a check would synchronize with the GPU.
     """
-    boxes = _check(boxes, scores, max_detections)
-    iou_threshold = _number("iou_threshold", iou_threshold)
-    score_threshold = _number("score_threshold", score_threshold)
-    args = (boxes, scores, iou_threshold, score_threshold, max_detections)
-    if use_compiled(boxes):
-        return Detections(*torch.ops.fastmtl.multiclass_nms(*args))
-    return Detections(*_reference.multiclass_nms(*args))
+    if not torch.jit.is_scripting():
+        boxes = _check(boxes, scores, max_detections)
+        iou_threshold = _number("iou_threshold", iou_threshold)
+        score_threshold = _number("score_threshold", score_threshold)
+        if not use_compiled(boxes, "multiclass_nms"):
+            out = _reference.multiclass_nms(boxes, scores, iou_threshold, score_threshold, max_detections)
+            return Detections(out[0], out[1], out[2], out[3], out[4])
+    if not boxes.is_floating_point():
+        boxes = boxes.float()
+    b, s, c, i, n = torch.ops.fastmtl.multiclass_nms(boxes, scores, iou_threshold, score_threshold, max_detections)
+    return Detections(b, s, c, i, n)
 
 
 def _register() -> None:

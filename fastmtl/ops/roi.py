@@ -11,14 +11,16 @@ gives zeros (and no gradient).
 """
 
 import math
-from typing import Union
+from typing import List, Union
 
 import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
-from fastmtl.ops._checks import BoxesShapeError, InputError, _has_data
+from fastmtl.ops import _checks
+from fastmtl.ops._checks import BoxesShapeError, InputError, autocast_on
 
 __all__ = ["RoIAlign", "RoIPool", "roi_align", "roi_pool"]
 
@@ -33,14 +35,18 @@ def _output_size(output_size) -> tuple:
     return int(size[0]), int(size[1])
 
 
-def _rois(boxes) -> Tensor:
-    """boxes as a ``[K, 5]`` tensor, converting a list of ``[L, 4]`` as torchvision does."""
-    if isinstance(boxes, Tensor):
-        if boxes.dim() != 2 or boxes.shape[1] != 5:
-            raise BoxesShapeError(
-                f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {list(boxes.shape)}"
-            )
-        return boxes
+def _list_to_rois(boxes: List[Tensor]) -> Tensor:
+    """A list of ``[L, 4]`` (one per image) as ``[K, 5]`` rows ``(image index, x1, y1, x2, y2)``."""
+    ids = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
+    return torch.cat([torch.cat(ids, dim=0), torch.cat(boxes, dim=0)], dim=1)
+
+
+def _check_box_tensor(boxes: Tensor) -> None:
+    if boxes.dim() != 2 or boxes.shape[1] != 5:
+        raise BoxesShapeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {list(boxes.shape)}")
+
+
+def _check_box_list(boxes) -> None:
     if not isinstance(boxes, (list, tuple)):
         raise BoxesShapeError(
             f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
@@ -51,8 +57,18 @@ def _rois(boxes) -> Tensor:
             raise BoxesShapeError(f"boxes[{i}] must be a Tensor[L, 4], got {got}")
     if not boxes:
         raise BoxesShapeError("boxes is an empty list: give one Tensor[L, 4] per image")
-    ids = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
-    return torch.cat([torch.cat(ids), torch.cat(list(boxes))], dim=1)
+
+
+def _rois(boxes: Union[Tensor, List[Tensor]]) -> Tensor:
+    """boxes as a ``[K, 5]`` tensor, converting a list of ``[L, 4]`` as torchvision does."""
+    if isinstance(boxes, Tensor):
+        if not torch.jit.is_scripting():
+            _check_box_tensor(boxes)
+        return boxes
+    if not torch.jit.is_scripting():
+        _check_box_list(boxes)
+        boxes = list(boxes)
+    return _list_to_rois(boxes)
 
 
 def _check(input, boxes, output_size, spatial_scale) -> tuple:
@@ -63,7 +79,8 @@ def _check(input, boxes, output_size, spatial_scale) -> tuple:
     if input.dtype not in _FLOATS:
         raise InputError(f"input must be float32, float64, float16 or bfloat16, got {input.dtype}")
     rois = _rois(boxes)
-    if rois.dtype != input.dtype:  # torchvision's kernels require it too
+    # torchvision's kernels require one dtype too; under autocast, the autocast kernels cast.
+    if rois.dtype != input.dtype and not autocast_on(input):
         raise InputError(f"boxes must have the dtype of input, got {rois.dtype} and {input.dtype}")
     if rois.device != input.device:
         raise InputError(f"boxes must be on the device of input, got {rois.device} and {input.device}")
@@ -71,8 +88,9 @@ def _check(input, boxes, output_size, spatial_scale) -> tuple:
     is_number = isinstance(spatial_scale, (int, float)) and not isinstance(spatial_scale, bool)
     if not is_number or not (0 < spatial_scale < math.inf):
         raise InputError(f"spatial_scale must be a finite number > 0, got {spatial_scale!r}")
-    # Values are checked on the CPU only: on CUDA this would wait for the device.
-    if rois.device.type == "cpu" and rois.numel() and not torch.compiler.is_compiling() and _has_data(rois):
+    # Values are read on the CPU only (on CUDA, with debug checks): elsewhere it would wait for the
+    # device. On CUDA, a roi whose batch index names no image gives zeros.
+    if _checks.values_readable(rois):
         if not bool(torch.isfinite(rois).all()):
             raise InputError("boxes contains NaN or infinite values")
         idx = rois[:, 0]
@@ -84,14 +102,21 @@ def _check(input, boxes, output_size, spatial_scale) -> tuple:
     return rois, pooled, float(spatial_scale)
 
 
+def _compiled(input: Tensor, op: str) -> bool:
+    if torch.jit.is_scripting():
+        return True  # a scripted call needs the extension (as torchvision's ops do)
+    else:
+        return use_compiled(input, op)
+
+
+@torch.fx.wrap
 def roi_align(
     input: Tensor,
-    boxes: Union[Tensor, list],
-    output_size,
+    boxes: Union[Tensor, List[Tensor]],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
-    *,
     deterministic: bool = False,
 ) -> Tensor:
     """RoI align with average pooling (Mask R-CNN), as ``torchvision.ops.roi_align``.
@@ -99,7 +124,9 @@ def roi_align(
     Args:
         input: ``Tensor[N, C, H, W]`` float32/float64/float16/bfloat16 (any memory format).
         boxes: ``Tensor[K, 5]`` of ``(batch index, x1, y1, x2, y2)``, or a list of ``N`` or fewer
-            ``Tensor[L, 4]`` (one per image); the dtype and device of ``input``.
+            ``Tensor[L, 4]`` (one per image); the dtype and device of ``input`` (under autocast,
+            any float dtype: both are then computed in float32 and the result has ``input``'s
+            dtype, as torchvision's autocast kernel does).
         output_size: ``int`` or ``(height, width)`` of the output bins.
         spatial_scale: maps box coordinates onto ``input`` (e.g. 1/16 for stride 16).
         sampling_ratio: bilinear samples per bin along each axis; ``<= 0``: adaptive,
@@ -111,23 +138,37 @@ def roi_align(
 
     Returns:
         ``Tensor[K, C, output_size[0], output_size[1]]`` in the dtype of ``input``,
-        differentiable with respect to ``input``.
+        differentiable with respect to ``input`` (twice: the gradient of the gradient is
+        roi_align of the incoming second-order gradient).
     """
+    if not torch.jit.is_scripting():
+        return _roi_align_eager(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, deterministic)
+    rois = _rois(boxes)
+    return torch.ops.fastmtl.roi_align(
+        input, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned, deterministic
+    )
+
+
+def _roi_align_eager(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, deterministic) -> Tensor:
     rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale)
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
         raise InputError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
     aligned = bool(aligned)
     deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
-    if use_compiled(input):
-        return torch.ops.fastmtl.roi_align(input, rois, scale, ph, pw, sampling_ratio, aligned, deterministic)
-    return _reference.roi_align(input, rois, scale, ph, pw, sampling_ratio, aligned)
+    if not use_compiled(input, "roi_align"):
+        return _reference.roi_align(input, rois, scale, ph, pw, sampling_ratio, aligned)
+    return torch.ops.fastmtl.roi_align(input, rois, scale, ph, pw, sampling_ratio, aligned, deterministic)
 
 
-def roi_pool(input: Tensor, boxes: Union[Tensor, list], output_size, spatial_scale: float = 1.0) -> Tensor:
+@torch.fx.wrap
+def roi_pool(
+    input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: BroadcastingList2[int], spatial_scale: float = 1.0
+) -> Tensor:
     """RoI max pooling (Fast R-CNN), as ``torchvision.ops.roi_pool``.
 
     Box corners are rounded after scaling; each bin takes the max of the cells it covers (0 for a
-    bin outside the map). The gradient flows to the arg max of each bin.
+    bin outside the map). The gradient flows to the arg max of each bin (and the gradient of the
+    gradient back from it).
 
     Args:
         input: ``Tensor[N, C, H, W]`` float32/float64/float16/bfloat16 (any memory format).
@@ -138,10 +179,17 @@ def roi_pool(input: Tensor, boxes: Union[Tensor, list], output_size, spatial_sca
     Returns:
         ``Tensor[K, C, output_size[0], output_size[1]]`` in the dtype of ``input``.
     """
+    if not torch.jit.is_scripting():
+        return _roi_pool_eager(input, boxes, output_size, spatial_scale)
+    rois = _rois(boxes)
+    return torch.ops.fastmtl.roi_pool(input, rois, spatial_scale, output_size[0], output_size[1])[0]
+
+
+def _roi_pool_eager(input, boxes, output_size, spatial_scale) -> Tensor:
     rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale)
-    if use_compiled(input):
-        return torch.ops.fastmtl.roi_pool(input, rois, scale, ph, pw)[0]
-    return _reference.roi_pool(input, rois, scale, ph, pw)
+    if not use_compiled(input, "roi_pool"):
+        return _reference.roi_pool(input, rois, scale, ph, pw)
+    return torch.ops.fastmtl.roi_pool(input, rois, scale, ph, pw)[0]
 
 
 class RoIAlign(nn.Module):
@@ -154,7 +202,7 @@ class RoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
-    def forward(self, input: Tensor, rois: Union[Tensor, list]) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:
         return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
     def extra_repr(self) -> str:
@@ -172,7 +220,7 @@ class RoIPool(nn.Module):
         self.output_size = output_size
         self.spatial_scale = spatial_scale
 
-    def forward(self, input: Tensor, rois: Union[Tensor, list]) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def extra_repr(self) -> str:
@@ -234,6 +282,52 @@ def _register() -> None:
         return grad_input, None, None, None, None
 
     torch.library.register_autograd(lib + "roi_pool", pool_backward, setup_context=pool_setup)
+
+    # Double backward. Both ops are linear in input, so their backwards are linear in grad, and
+    # the gradient of a backward with respect to its grad is the forward op itself (roi_align)
+    # or a gather at the arg max (roi_pool). Second derivatives in input are zero, exactly.
+    def align_backward_setup(ctx, inputs, output):
+        _, rois, ctx.spatial_scale, ctx.ph, ctx.pw = inputs[:5]
+        ctx.sampling_ratio, ctx.aligned = inputs[9], inputs[10]
+        ctx.deterministic = inputs[11] if len(inputs) > 11 else False
+        ctx.save_for_backward(rois)
+
+    def align_backward_backward(ctx, grad_grad_input):
+        (rois,) = ctx.saved_tensors
+        grad_grad = torch.ops.fastmtl.roi_align(
+            grad_grad_input, rois, ctx.spatial_scale, ctx.ph, ctx.pw, ctx.sampling_ratio, ctx.aligned,
+            ctx.deterministic,
+        )  # fmt: skip
+        return (grad_grad,) + (None,) * 11
+
+    torch.library.register_autograd(
+        lib + "_roi_align_backward", align_backward_backward, setup_context=align_backward_setup
+    )
+
+    def pool_backward_setup(ctx, inputs, output):
+        _, rois, argmax = inputs[:3]
+        ctx.save_for_backward(rois, argmax)
+
+    def pool_backward_backward(ctx, grad_grad_input):
+        rois, argmax = ctx.saved_tensors
+        return (gather_at_argmax(grad_grad_input, rois, argmax),) + (None,) * 9
+
+    torch.library.register_autograd(
+        lib + "_roi_pool_backward", pool_backward_backward, setup_context=pool_backward_setup
+    )
+
+
+def gather_at_argmax(values: Tensor, rois: Tensor, argmax: Tensor) -> Tensor:
+    """``out[k, c, i, j] = values[image of roi k, c].flatten()[argmax[k, c, i, j]]``, 0 where the
+    bin is empty (argmax -1) or the roi names no image: the adjoint of roi_pool's backward."""
+    n, c, h, w = values.shape
+    if argmax.numel() == 0 or values.numel() == 0:
+        return values.new_zeros(argmax.shape)
+    image = rois[:, 0].to(torch.int64)
+    valid = (argmax >= 0) & ((image >= 0) & (image < n))[:, None, None, None]
+    plane = image.clamp(0, n - 1)[:, None] * c + torch.arange(c, device=values.device)[None, :]
+    flat_index = plane[:, :, None, None] * (h * w) + argmax.to(torch.int64).clamp(min=0)
+    return torch.where(valid, values.reshape(-1)[flat_index], values.new_zeros(()))
 
 
 if has_compiled_ops():

@@ -1,7 +1,7 @@
 """Soft-NMS (Bodla et al., 2017): overlapping boxes have their scores decayed instead of being
 discarded, with mmcv's ``soft_nms`` linear and Gaussian decays."""
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -9,13 +9,12 @@ from torch import Tensor
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
 from fastmtl.ops._checks import InputError
-from fastmtl.ops.nms import _check, _check_idxs, _check_not_meta
+from fastmtl.ops.nms import _check, _check_fallback_scores, _check_idxs, _check_not_meta
 
 __all__ = ["soft_nms"]
 
-_METHODS = {"linear": 0, "gaussian": 1}
 
-
+@torch.fx.wrap
 def soft_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -24,7 +23,7 @@ def soft_nms(
     score_threshold: float = 0.001,
     method: str = "linear",
     idxs: Optional[Tensor] = None,
-) -> tuple:
+) -> Tuple[Tensor, Tensor]:
     """Soft-NMS with the defaults of mmcv's ``soft_nms``.
 
     The boxes with ``score >= score_threshold`` start active. Each round selects the active box
@@ -42,9 +41,23 @@ def soft_nms(
         ``(keep, new_scores)``: ``Tensor[K]`` int64 indices in selection order and their scores
         at selection (dtype of ``scores``).
     """
+    if not torch.jit.is_scripting():
+        return _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method, idxs)
+    if not boxes.is_floating_point():
+        boxes = boxes.float()
+    code = 1 if method == "gaussian" else 0
+    keep, new_scores = torch.ops.fastmtl.soft_nms(
+        boxes, scores, idxs, float(iou_threshold), float(sigma), float(score_threshold), code
+    )
+    return keep, new_scores
+
+
+def _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method, idxs):
     boxes, scores, iou_threshold = _check(boxes, scores, iou_threshold)
-    if method not in _METHODS:
-        raise InputError(f"method must be 'linear' or 'gaussian', got {method!r}")
+    # The kernels do not check for NaN; the output size is read back on CUDA anyway.
+    _check_fallback_scores(scores)
+    if method not in ("linear", "gaussian"):
+        raise InputError(f"Invalid method {method!r}: expected 'linear' or 'gaussian'")
     for name, value in (("sigma", sigma), ("score_threshold", score_threshold)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
             raise InputError(f"{name} must be a number, got {value!r}")
@@ -53,10 +66,12 @@ def soft_nms(
     if idxs is not None:
         idxs = _check_idxs(idxs, boxes)
     _check_not_meta(boxes)
-    args = (boxes, scores, idxs, iou_threshold, float(sigma), float(score_threshold), _METHODS[method])
-    if use_compiled(boxes):
-        return tuple(torch.ops.fastmtl.soft_nms(*args))
-    return _reference.soft_nms(*args)
+    code = 1 if method == "gaussian" else 0
+    args = (boxes, scores, idxs, iou_threshold, float(sigma), float(score_threshold), code)
+    if not use_compiled(boxes, "soft_nms"):
+        return _reference.soft_nms(*args)
+    keep, new_scores = torch.ops.fastmtl.soft_nms(*args)
+    return keep, new_scores
 
 
 def _register() -> None:

@@ -3,7 +3,8 @@
 Style loss of one layer, per sample, with ``G(F)`` the Gram matrix of the generated image's
 features ``F`` ``[C, H, W]`` and ``T`` the target (style) Gram matrix:
 
-- ``normalization="seed"`` (the lecture's ``J_style``)::
+- ``normalization="gatys"`` (Gatys et al.'s ``E_l = 1/(4 N^2 M^2) sum (G - A)^2``, the lecture's
+  ``J_style``)::
 
       J = 1 / (2 * H * W * C)^2 * sum_kk' (G(F)[k,k'] - T[k,k'])^2,    G unnormalized
 
@@ -37,12 +38,12 @@ from fastmtl.ops.gram import FLOAT_DTYPES, check_features, check_no_double_backw
 
 __all__ = ["NORMALIZATIONS", "content_loss", "style_loss"]
 
-NORMALIZATIONS = {"seed": 0, "mse": 1}
+NORMALIZATIONS = {"gatys": 0, "mse": 1}
 
 
 def _normalization(normalization: str) -> int:
     if normalization not in NORMALIZATIONS:
-        raise InputError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+        raise InputError(f"Invalid normalization {normalization!r}: expected one of {sorted(NORMALIZATIONS)}")
     return NORMALIZATIONS[normalization]
 
 
@@ -68,9 +69,8 @@ def _check_target_gram(target_gram, features: Tensor) -> Tensor:
     return target_gram
 
 
-def style_loss(
-    features: Tensor, target_gram: Tensor, *, normalization: str = "seed", reduction: str = "mean"
-) -> Tensor:
+@torch.fx.wrap
+def style_loss(features: Tensor, target_gram: Tensor, normalization: str = "gatys", reduction: str = "mean") -> Tensor:
     """Style loss of one layer between ``features`` and a target Gram matrix (see the module).
 
     Args:
@@ -78,35 +78,47 @@ def style_loss(
             bfloat16, contiguous or channels_last (other layouts are copied once).
         target_gram: ``Tensor[C, C]`` (the same target for every sample) or ``Tensor[N, C, C]``,
             the dtype of ``features`` or float32 for half features, same device. Unnormalized
-            (``gram_matrix(style, normalize=False)``) for ``"seed"``, normalized for ``"mse"``.
+            (``gram_matrix(style, normalize=False)``) for ``"gatys"``, normalized for ``"mse"``.
             Differentiable too, though style transfer keeps it fixed.
-        normalization: ``"seed"`` (lecture) or ``"mse"`` (PyTorch tutorial).
+        normalization: ``"gatys"`` (lecture) or ``"mse"`` (PyTorch tutorial).
         reduction: over the batch: ``"mean"`` (default), ``"sum"`` or ``"none"`` (``Tensor[N]``).
 
     Returns:
         The loss in float32 for half/bfloat16 features, else their dtype.
     """
-    features = check_features("features", features)
-    target_gram = _check_target_gram(target_gram, features)
-    norm = _normalization(normalization)
-    check_reduction(reduction)
-    if use_compiled(features):
-        per_sample, _ = torch.ops.fastmtl.style_loss(features, target_gram, norm)
-    else:
-        per_sample = _reference.style_loss(features, target_gram, norm)
+    norm = 1 if normalization == "mse" else 0
+    if not torch.jit.is_scripting():
+        features = check_features("features", features)
+        target_gram = _check_target_gram(target_gram, features)
+        norm = _normalization(normalization)
+        check_reduction(reduction)
+        if not use_compiled(features, "style_loss"):
+            return reduce_loss(_reference.style_loss(features, target_gram, norm), reduction)
+    per_sample, _ = torch.ops.fastmtl.style_loss(features, target_gram, norm)
     return reduce_loss(per_sample, reduction)
 
 
-def content_loss(
-    features: Tensor, target: Tensor, *, normalization: str = "seed", reduction: str = "mean"
-) -> Tensor:
+@torch.fx.wrap
+def content_loss(features: Tensor, target: Tensor, normalization: str = "gatys", reduction: str = "mean") -> Tensor:
     """Content loss between ``features`` ``[N, ...]`` and ``target`` (plain PyTorch: elementwise).
 
-    Per sample: ``"seed"``, the lecture's ``J_content = 1/2 ||a_C - a_G||^2`` (a sum over the
+    Per sample: ``"gatys"``, the lecture's ``J_content = 1/2 ||a_C - a_G||^2`` (a sum over the
     sample's elements); ``"mse"``, the mean of squares as ``F.mse_loss``. ``target`` has the
     shape of ``features`` or lacks its batch dimension (one target for every sample).
     ``reduction`` over the batch as in :func:`style_loss`. Computed in float32 for half input.
     """
+    norm = 1 if normalization == "mse" else 0
+    if not torch.jit.is_scripting():
+        _check_content_args(features, target)
+        norm = _normalization(normalization)
+        check_reduction(reduction)
+    dt = torch.promote_types(_reference.compute_dtype(features.dtype), _reference.compute_dtype(target.dtype))
+    sq = (features.to(dt) - target.to(dt)).square().flatten(1)
+    per_sample = sq.mean(1) if norm == 1 else 0.5 * sq.sum(1)
+    return reduce_loss(per_sample, reduction)
+
+
+def _check_content_args(features, target) -> None:
     for name, t in (("features", features), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -125,12 +137,6 @@ def content_loss(
             f"target must be a floating-point tensor on the device of features, got {target.dtype} on "
             f"{target.device} and {features.device}"
         )
-    norm = _normalization(normalization)
-    check_reduction(reduction)
-    dt = torch.promote_types(_reference.compute_dtype(features.dtype), _reference.compute_dtype(target.dtype))
-    sq = (features.to(dt) - target.to(dt)).square().flatten(1)
-    per_sample = sq.mean(1) if norm == 1 else 0.5 * sq.sum(1)
-    return reduce_loss(per_sample, reduction)
 
 
 def _register() -> None:

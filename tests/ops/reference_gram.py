@@ -24,7 +24,7 @@ def style_ref(x: torch.Tensor, target: torch.Tensor, normalization: str) -> torc
     n, c, h, w = x.shape
     c, p = max(c, 1), max(h * w, 1)
     t = target.cpu().double()
-    if normalization == "seed":
+    if normalization == "gatys":
         d = gram_ref(x) - t
         return (d * d).sum((1, 2)) / (2.0 * p * c) ** 2
     d = gram_ref(x) / (c * p) - t
@@ -34,4 +34,4 @@ def style_ref(x: torch.Tensor, target: torch.Tensor, normalization: str) -> torc
 def content_ref(x: torch.Tensor, target: torch.Tensor, normalization: str) -> torch.Tensor:
     """Per-sample content loss [N] in float64: 1/2 sum (x - t)^2 (seed) or mean (x - t)^2 (mse)."""
     d = (x.cpu().double() - target.cpu().double()).reshape(x.shape[0], -1)
-    return 0.5 * (d * d).sum(1) if normalization == "seed" else (d * d).mean(1)
+    return 0.5 * (d * d).sum(1) if normalization == "gatys" else (d * d).mean(1)

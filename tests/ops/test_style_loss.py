@@ -23,7 +23,7 @@ from tests.utils import (
 
 style_module = importlib.import_module("fastmtl.ops.style")
 
-NORMS = ("seed", "mse")
+NORMS = ("gatys", "mse")
 REDUCE = {"none": lambda t: t, "sum": torch.sum, "mean": torch.mean}
 # relative to the magnitude of the reference; half types compute in float32 from rounded inputs
 REL = {torch.float64: 1e-11, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
@@ -36,7 +36,7 @@ def acc(dtype):
     return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
-def make(shape, gen, dtype=torch.float32, device="cpu", layout="contiguous", target_batch=False, norm="seed"):
+def make(shape, gen, dtype=torch.float32, device="cpu", layout="contiguous", target_batch=False, norm="gatys"):
     """Features and a target Gram matrix of the right normalization (from other random features)."""
     x = torch.randn(shape, generator=gen, dtype=torch.float64)
     style = torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -108,7 +108,7 @@ def test_seed_target_is_the_unnormalized_gram(gen):
     x = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64)
     assert ops.style_loss(x, ops.gram_matrix(x, normalize=False)).item() == pytest.approx(0, abs=1e-20)
     assert ops.style_loss(x, ops.gram_matrix(x), normalization="mse").item() == pytest.approx(0, abs=1e-28)
-    assert ops.style_loss(x, ops.gram_matrix(x)).item() > 0  # the wrong target for "seed"
+    assert ops.style_loss(x, ops.gram_matrix(x)).item() > 0  # the wrong target for "gatys"
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 2, 2), (2, 0, 2, 2), (2, 3, 0, 5), (1, 1, 1, 1)])
@@ -285,9 +285,9 @@ def test_dispatcher_ops_check_their_arguments():
 @pytest.mark.parametrize("device", DISPATCH_DEVICES)
 def test_opcheck(device, dtype, layout, gen):
     grad = dtype == torch.float64
-    for target_batch, norm in ((False, "seed"), (True, "mse")):
+    for target_batch, norm in ((False, "gatys"), (True, "mse")):
         x, t = make((2, 5, 3, 4), gen, dtype, device, layout, target_batch, norm)
-        args = (x.requires_grad_(grad), t.requires_grad_(grad), 0 if norm == "seed" else 1)
+        args = (x.requires_grad_(grad), t.requires_grad_(grad), 0 if norm == "gatys" else 1)
         torch.library.opcheck(torch.ops.fastmtl.style_loss.default, args)
     a = acc(dtype)
     g = torch.randn(2, generator=gen).to(device, a)

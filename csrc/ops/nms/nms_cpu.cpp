@@ -78,7 +78,7 @@ std::vector<T> gather_columns(const scalar_t* boxes, const int64_t* order, int64
 template <typename scalar_t>
 std::vector<int64_t> score_order(const scalar_t* scores, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(!std::isnan(static_cast<double>(scores[i])), "scores must not contain NaN (at index ", i, ")");
+    TORCH_CHECK_VALUE(!std::isnan(static_cast<double>(scores[i])), "scores must not contain NaN (at index ", i, ")");
   }
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), 0);
