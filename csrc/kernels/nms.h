@@ -13,9 +13,12 @@ constexpr int kBlock = 64;
 
 // Whether the kept box a suppresses box b: IoU(a, b) > threshold, with the same arithmetic as
 // torchvision's kernels (union without eps, so two empty boxes give NaN and suppress nothing).
-// The caller picks the threshold: torchvision compares with the double threshold on the CPU
-// (threshold_below gives the same decisions in T) and with float(threshold) on CUDA. (A float IoU
-// of exactly float(0.1) is above the double 0.1 but not above float(0.1).)
+// Every fastmtl NMS kernel, CPU and CUDA, compares the IoU (in T: float for float, half and
+// bfloat16 boxes, double for double) with the double threshold, as torchvision's CPU kernel does;
+// callers pass threshold_below<T>(threshold) (csrc/ops/nms/nms.h), which gives exactly those
+// decisions in T. (torchvision's CUDA kernel compares with float(threshold) instead: a float IoU
+// of exactly float(0.6), boxes [0, 0, 10, 1] and [0, 0, 6, 1], is above the double 0.6 but not
+// above float(0.6).)
 template <typename T>
 FASTMTL_HD bool suppresses(const box::Box<T>& a, const box::Box<T>& b, T area_a, T area_b, T threshold) {
   const box::BoxStats<T> sa{area_a, T(0)}, sb{area_b, T(0)};

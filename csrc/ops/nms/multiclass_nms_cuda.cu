@@ -2,8 +2,9 @@
 // Every candidate (n, c) gets a sort key (its score, or -inf below the threshold); a segmented
 // device sort orders each image's keys; then one block per image walks its candidates 64 at a
 // time: each candidate is checked against the detections kept so far (read back from the
-// output) and against the earlier candidates of its chunk, and thread 0 settles the chunk in
-// order. The walk stops at max_detections kept or at the first key below the threshold.
+// output) and against the earlier candidates of its chunk; thread 0 settles the chunk in order
+// from shared memory, and the kept candidates' threads copy them to the output in parallel.
+// The walk stops at max_detections kept or at the first key below the threshold.
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -60,6 +61,8 @@ __global__ void __launch_bounds__(kChunk * kLanes)
   __shared__ int64_t cand_flat[kChunk], cand_cls[kChunk];
   __shared__ unsigned long long earlier_hits[kChunk];  // bit j: chunk candidate j suppresses this one
   __shared__ int by_kept[kChunk];                      // suppressed by an already kept detection
+  __shared__ int64_t out_slot[kChunk];                 // output row of a kept candidate
+  __shared__ unsigned long long kept_mask;             // bit s: candidate s of the chunk is kept
   __shared__ int64_t kept;
 
   const int64_t image = blockIdx.x, m = sz.candidates;
@@ -104,21 +107,29 @@ __global__ void __launch_bounds__(kChunk * kLanes)
       if (bits) atomicOr(&earlier_hits[slot], bits);
     }
     __syncthreads();
+    // Thread 0 settles the chunk from shared memory alone: which candidates are kept, and where
+    // each one goes in the output.
     if (threadIdx.x == 0) {
       unsigned long long kept_bits = 0;
       int64_t k = kept;
       for (int s = 0; s < kChunk && k < sz.max_det && cand_flat[s] >= 0; ++s) {
         if (by_kept[s] || (earlier_hits[s] & kept_bits)) continue;
         kept_bits |= 1ull << s;
-        const int64_t f = cand_flat[s];
-        const box_t* src = img_boxes + 4 * (sz.per_class_boxes ? f : f / sz.classes);
-        for (int d = 0; d < 4; ++d) out_boxes[4 * (out0 + k) + d] = src[d];
-        out_scores[out0 + k] = keys[image * m + base + s];
-        out_classes[out0 + k] = cand_cls[s];
-        out_indices[out0 + k] = f / sz.classes;
-        ++k;
+        out_slot[s] = k++;
       }
+      kept_mask = kept_bits;
       kept = k;
+    }
+    __syncthreads();
+    // Each kept candidate's thread copies it out, in parallel; the next chunk reads these rows
+    // after the barrier at the top of the loop.
+    if (lane == 0 && ((kept_mask >> slot) & 1ull)) {
+      const int64_t f = cand_flat[slot], k = out_slot[slot];
+      const box_t* src = img_boxes + 4 * (sz.per_class_boxes ? f : f / sz.classes);
+      for (int d = 0; d < 4; ++d) out_boxes[4 * (out0 + k) + d] = src[d];
+      out_scores[out0 + k] = keys[p];
+      out_classes[out0 + k] = cand_cls[slot];
+      out_indices[out0 + k] = f / sz.classes;
     }
   }
   __syncthreads();
