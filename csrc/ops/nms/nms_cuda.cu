@@ -237,7 +237,7 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   // The one device-to-host copy: how many boxes were kept, and whether a score was NaN (the
   // CPU kernel rejects those; here the check rides along with the count).
   const auto host = at::stack({count.squeeze(0), scores.isnan().any().to(at::kLong)}).cpu();
-  TORCH_CHECK(host[1].item<int64_t>() == 0, "scores must not contain NaN");
+  TORCH_CHECK_VALUE(host[1].item<int64_t>() == 0, "scores must not contain NaN");
   return keep.narrow(0, 0, host[0].item<int64_t>());
 }
 
