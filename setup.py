@@ -101,7 +101,7 @@ def _version() -> str:
 setup(
     name="fastmtl",
     version=_version(),
-    description="Fast C++/CUDA box IoU, NMS, RoI pooling and Gram/style-loss ops for PyTorch, drop-in for torchvision.ops",
+    description="C++/CUDA box IoU, NMS, RoI pooling and Gram/style ops for PyTorch, drop-in for torchvision",
     packages=find_packages(include=["fastmtl", "fastmtl.*"]),
     python_requires=">=3.9",
     # 2.8: the Gram kernels' bmm with out_dtype (float32 output from half input on CUDA).

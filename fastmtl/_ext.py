@@ -29,7 +29,7 @@ def has_compiled_ops() -> bool:
     return _LOAD_ERROR is None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_op_names() -> tuple:
     """Every op the extension registered under ``torch.ops.fastmtl`` (``"fastmtl::name"``)."""
     if not has_compiled_ops():
@@ -37,10 +37,14 @@ def compiled_op_names() -> tuple:
     return tuple(sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastmtl::")))
 
 
-@functools.lru_cache(maxsize=None)
 def has_cuda_ops() -> bool:
     """True when the extension was built with CUDA kernels for every op (whether or not a GPU is
     present)."""
+    return has_compiled_ops() and _every_op_has_cuda()
+
+
+@functools.cache
+def _every_op_has_cuda() -> bool:
     names = compiled_op_names()
     return bool(names) and all(torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA") for n in names)
 
@@ -59,7 +63,9 @@ def use_compiled(tensor: torch.Tensor, op: str = "") -> bool:
     fallback then runs, which is correct but slow.
     """
     if not has_compiled_ops():
-        _warn_once(("load",), f"fastmtl: compiled ops unavailable ({_LOAD_ERROR}); using the pure-PyTorch fallback")
+        _warn_once(
+            ("load",), f"fastmtl: compiled ops unavailable ({_LOAD_ERROR}); using the pure-PyTorch fallback"
+        )
         return False
     dev = tensor.device.type
     if dev in ("cpu", "meta"):

@@ -211,7 +211,9 @@ def _register() -> None:
         def backward(ctx, grad):
             boxes1, boxes2 = ctx.saved_tensors
             if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable
-                g1, g2 = _differentiable_backward(reference, KINDS[ctx.variant], ctx.eps, boxes1, boxes2, grad)
+                g1, g2 = _differentiable_backward(
+                    reference, KINDS[ctx.variant], ctx.eps, boxes1, boxes2, grad
+                )
             else:
                 g1, g2 = backward_op(grad, boxes1, boxes2, ctx.variant, ctx.eps)
             return g1, g2, None, None

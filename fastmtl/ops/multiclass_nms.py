@@ -105,7 +105,9 @@ def multiclass_nms(
             return Detections(out[0], out[1], out[2], out[3], out[4])
     if not boxes.is_floating_point():
         boxes = boxes.float()
-    b, s, c, i, n = torch.ops.fastmtl.multiclass_nms(boxes, scores, iou_threshold, score_threshold, max_detections)
+    b, s, c, i, n = torch.ops.fastmtl.multiclass_nms(
+        boxes, scores, iou_threshold, score_threshold, max_detections
+    )
     return Detections(b, s, c, i, n)
 
 

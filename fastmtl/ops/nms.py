@@ -16,6 +16,8 @@ __all__ = ["batched_nms", "nms"]
 
 def _check(boxes, scores, iou_threshold) -> tuple:
     boxes = check_boxes("boxes", boxes, pairwise=True)
+    if boxes.dim() != 2:
+        raise InputError(f"boxes must have shape [N, 4], got {list(boxes.shape)}")
     if not isinstance(scores, Tensor):
         raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
     if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:

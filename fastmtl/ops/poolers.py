@@ -6,8 +6,6 @@ Each box is pooled from one level, chosen by the FPN rule (Lin et al. 2017, eq. 
 its size against the largest image, as a power of two.
 """
 
-from typing import Dict, List, Tuple
-
 import torch
 from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
@@ -23,14 +21,14 @@ def _log2(x: float) -> float:
     return float(torch.tensor(x, dtype=torch.float64).log2())
 
 
-def infer_scale(feature: Tensor, image_size: List[int]) -> float:
+def infer_scale(feature: Tensor, image_size: list[int]) -> float:
     """The power of two nearest ``feature height / image height`` (the height decides, as in
     torchvision)."""
     return 2.0 ** round(_log2(feature.shape[-2] / image_size[0]))
 
 
 def map_levels(
-    boxes: List[Tensor],
+    boxes: list[Tensor],
     k_min: int,
     k_max: int,
     canonical_scale: int = 224,
@@ -48,7 +46,7 @@ def map_levels(
     return level.clamp(min=k_min, max=k_max).to(torch.int64) - k_min
 
 
-def _check_inputs(features: List[Tensor], x, featmap_names, boxes, image_shapes) -> None:
+def _check_inputs(features: list[Tensor], x, featmap_names, boxes, image_shapes) -> None:
     if not features:
         raise InputError(f"x holds none of featmap_names {featmap_names}, got keys {list(x)}")
     if not image_shapes:
@@ -61,17 +59,17 @@ def _check_inputs(features: List[Tensor], x, featmap_names, boxes, image_shapes)
 
 @torch.fx.wrap
 def _multiscale_roi_align(
-    x: Dict[str, Tensor],
-    boxes: List[Tensor],
-    image_shapes: List[Tuple[int, int]],
-    featmap_names: List[str],
-    output_size: List[int],
+    x: dict[str, Tensor],
+    boxes: list[Tensor],
+    image_shapes: list[tuple[int, int]],
+    featmap_names: list[str],
+    output_size: list[int],
     sampling_ratio: int,
     canonical_scale: int,
     canonical_level: int,
 ) -> Tensor:
     """The whole of MultiScaleRoIAlign.forward, one FX leaf (its dict input cannot be traced)."""
-    features: List[Tensor] = []
+    features: list[Tensor] = []
     for k, v in x.items():
         if k in featmap_names:
             features.append(v)
@@ -126,7 +124,7 @@ class MultiScaleRoIAlign(nn.Module):
 
     def __init__(
         self,
-        featmap_names: List[str],
+        featmap_names: list[str],
         output_size: BroadcastingList2[int],
         sampling_ratio: int,
         canonical_scale: int = 224,
@@ -140,7 +138,9 @@ class MultiScaleRoIAlign(nn.Module):
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
 
-    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
+    def forward(
+        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
         return _multiscale_roi_align(
             x, boxes, image_shapes, self.featmap_names, self.output_size, self.sampling_ratio,
             self.canonical_scale, self.canonical_level,

@@ -11,15 +11,14 @@ gives zeros (and no gradient).
 """
 
 import math
-from typing import List, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
 
 from fastmtl._ext import has_compiled_ops, use_compiled
-from fastmtl.ops import _reference
-from fastmtl.ops import _checks
+from fastmtl.ops import _checks, _reference
 from fastmtl.ops._checks import BoxesShapeError, InputError, autocast_on
 
 __all__ = ["RoIAlign", "RoIPool", "roi_align", "roi_pool"]
@@ -35,7 +34,7 @@ def _output_size(output_size) -> tuple:
     return int(size[0]), int(size[1])
 
 
-def _list_to_rois(boxes: List[Tensor]) -> Tensor:
+def _list_to_rois(boxes: list[Tensor]) -> Tensor:
     """A list of ``[L, 4]`` (one per image) as ``[K, 5]`` rows ``(image index, x1, y1, x2, y2)``."""
     ids = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
     return torch.cat([torch.cat(ids, dim=0), torch.cat(boxes, dim=0)], dim=1)
@@ -43,7 +42,9 @@ def _list_to_rois(boxes: List[Tensor]) -> Tensor:
 
 def _check_box_tensor(boxes: Tensor) -> None:
     if boxes.dim() != 2 or boxes.shape[1] != 5:
-        raise BoxesShapeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {list(boxes.shape)}")
+        raise BoxesShapeError(
+            f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {list(boxes.shape)}"
+        )
 
 
 def _check_box_list(boxes) -> None:
@@ -59,7 +60,7 @@ def _check_box_list(boxes) -> None:
         raise BoxesShapeError("boxes is an empty list: give one Tensor[L, 4] per image")
 
 
-def _rois(boxes: Union[Tensor, List[Tensor]]) -> Tensor:
+def _rois(boxes: Union[Tensor, list[Tensor]]) -> Tensor:
     """boxes as a ``[K, 5]`` tensor, converting a list of ``[L, 4]`` as torchvision does."""
     if isinstance(boxes, Tensor):
         if not torch.jit.is_scripting():
@@ -112,7 +113,7 @@ def _compiled(input: Tensor, op: str) -> bool:
 @torch.fx.wrap
 def roi_align(
     input: Tensor,
-    boxes: Union[Tensor, List[Tensor]],
+    boxes: Union[Tensor, list[Tensor]],
     output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
@@ -142,14 +143,18 @@ def roi_align(
         roi_align of the incoming second-order gradient).
     """
     if not torch.jit.is_scripting():
-        return _roi_align_eager(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, deterministic)
+        return _roi_align_eager(
+            input, boxes, output_size, spatial_scale, sampling_ratio, aligned, deterministic
+        )
     rois = _rois(boxes)
     return torch.ops.fastmtl.roi_align(
         input, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned, deterministic
     )
 
 
-def _roi_align_eager(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, deterministic) -> Tensor:
+def _roi_align_eager(
+    input, boxes, output_size, spatial_scale, sampling_ratio, aligned, deterministic
+) -> Tensor:
     rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale)
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
         raise InputError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
@@ -162,7 +167,10 @@ def _roi_align_eager(input, boxes, output_size, spatial_scale, sampling_ratio, a
 
 @torch.fx.wrap
 def roi_pool(
-    input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: BroadcastingList2[int], spatial_scale: float = 1.0
+    input: Tensor,
+    boxes: Union[Tensor, list[Tensor]],
+    output_size: BroadcastingList2[int],
+    spatial_scale: float = 1.0,
 ) -> Tensor:
     """RoI max pooling (Fast R-CNN), as ``torchvision.ops.roi_pool``.
 
@@ -202,7 +210,7 @@ class RoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
-    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:
         return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
     def extra_repr(self) -> str:
@@ -220,7 +228,7 @@ class RoIPool(nn.Module):
         self.output_size = output_size
         self.spatial_scale = spatial_scale
 
-    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def extra_repr(self) -> str:

@@ -1,7 +1,7 @@
 """Soft-NMS (Bodla et al., 2017): overlapping boxes have their scores decayed instead of being
 discarded, with mmcv's ``soft_nms`` linear and Gaussian decays."""
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ def soft_nms(
     score_threshold: float = 0.001,
     method: str = "linear",
     idxs: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Soft-NMS with the defaults of mmcv's ``soft_nms``.
 
     The boxes with ``score >= score_threshold`` start active. Each round selects the active box

@@ -70,7 +70,9 @@ def _check_target_gram(target_gram, features: Tensor) -> Tensor:
 
 
 @torch.fx.wrap
-def style_loss(features: Tensor, target_gram: Tensor, normalization: str = "gatys", reduction: str = "mean") -> Tensor:
+def style_loss(
+    features: Tensor, target_gram: Tensor, normalization: str = "gatys", reduction: str = "mean"
+) -> Tensor:
     """Style loss of one layer between ``features`` and a target Gram matrix (see the module).
 
     Args:
@@ -99,7 +101,9 @@ def style_loss(features: Tensor, target_gram: Tensor, normalization: str = "gaty
 
 
 @torch.fx.wrap
-def content_loss(features: Tensor, target: Tensor, normalization: str = "gatys", reduction: str = "mean") -> Tensor:
+def content_loss(
+    features: Tensor, target: Tensor, normalization: str = "gatys", reduction: str = "mean"
+) -> Tensor:
     """Content loss between ``features`` ``[N, ...]`` and ``target`` (plain PyTorch: elementwise).
 
     Per sample: ``"gatys"``, the lecture's ``J_content = 1/2 ||a_C - a_G||^2`` (a sum over the

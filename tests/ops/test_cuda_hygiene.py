@@ -12,7 +12,6 @@ import torch
 
 import fastmtl
 import fastmtl.ops as F
-
 from tests.utils import compiled_only
 
 pytestmark = [
@@ -77,7 +76,18 @@ def _hot_path_calls():
     }
 
 
-@pytest.mark.parametrize("name", sorted(_hot_path_calls()))
+HOT_PATH = [
+    "box_iou", "generalized_box_iou", "complete_box_iou", "giou_loss", "ciou_loss", "box_area", "box_convert",
+    "roi_align", "roi_align_deterministic", "roi_pool", "roi_align_list", "multiscale_roi_align",
+    "gram_matrix", "style_loss", "content_loss", "multiclass_nms",
+]  # fmt: skip
+
+
+def test_hot_path_list_is_complete():
+    assert sorted(HOT_PATH) == sorted(_hot_path_calls())
+
+
+@pytest.mark.parametrize("name", HOT_PATH)
 def test_no_sync(name):
     call = _fwd_bwd(_hot_path_calls()[name])
     call()  # warm up: lazy initialisation (cuBLAS handles, caches) may sync once
@@ -149,7 +159,9 @@ def test_nms_threshold_rule_is_the_same_on_both_devices(threshold):
     b, s = boxes(2000, device="cpu"), torch.rand(2000, generator=torch.Generator().manual_seed(1))
     cls = torch.randint(0, 5, (2000,), generator=torch.Generator().manual_seed(2))
     assert torch.equal(F.nms(b, s, threshold), F.nms(b.cuda(), s.cuda(), threshold).cpu())
-    assert torch.equal(F.batched_nms(b, s, cls, threshold), F.batched_nms(b.cuda(), s.cuda(), cls.cuda(), threshold).cpu())
+    assert torch.equal(
+        F.batched_nms(b, s, cls, threshold), F.batched_nms(b.cuda(), s.cuda(), cls.cuda(), threshold).cpu()
+    )
     det_cpu = F.multiclass_nms(b[None], s[None, :, None], threshold, 0.0, 300)
     det_gpu = F.multiclass_nms(b[None].cuda(), s[None, :, None].cuda(), threshold, 0.0, 300)
     assert torch.equal(det_cpu.indices, det_gpu.indices.cpu())

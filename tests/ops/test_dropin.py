@@ -17,7 +17,6 @@ import fastmtl
 import fastmtl.ops as F
 from fastmtl import _ext
 from fastmtl.ops import _checks
-
 from tests.utils import assert_close, compiled_only, tie_free_boxes, tol
 
 pytestmark = compiled_only
@@ -265,7 +264,9 @@ def test_loss_double_backward(loss, gen):
         mine, theirs = getattr(F, loss), TV_LOSSES[loss]
         (g,) = torch.autograd.grad(mine(a, b, reduction="sum"), a, create_graph=True)
         (g_tv,) = torch.autograd.grad(theirs(a, b, reduction="sum"), a, create_graph=True)
-        torch.testing.assert_close(torch.autograd.grad(g.square().sum(), b), torch.autograd.grad(g_tv.square().sum(), b))
+        torch.testing.assert_close(
+            torch.autograd.grad(g.square().sum(), b), torch.autograd.grad(g_tv.square().sum(), b)
+        )
 
 
 def test_roi_align_double_backward(gen):
@@ -282,14 +283,19 @@ def test_roi_align_double_backward(gen):
 
 
 def test_roi_pool_double_backward(gen):
-    x = torch.randperm(2 * 3 * 24 * 20, generator=gen).double().reshape(2, 3, 24, 20).requires_grad_()  # no ties
+    x = (
+        torch.randperm(2 * 3 * 24 * 20, generator=gen).double().reshape(2, 3, 24, 20).requires_grad_()
+    )  # no ties
     r = rois(gen, 5, dtype=torch.float64)
     assert torch.autograd.gradgradcheck(lambda t: F.roi_pool(t, r, (3, 2), 0.5), (x,))
 
 
 def test_multiscale_double_backward(gen):
     pool = F.MultiScaleRoIAlign(["a", "b"], 2, 2)
-    x = {"a": features(gen, h=32, w=32, dtype=torch.float64), "b": features(gen, h=16, w=16, dtype=torch.float64)}
+    x = {
+        "a": features(gen, h=32, w=32, dtype=torch.float64),
+        "b": features(gen, h=16, w=16, dtype=torch.float64),
+    }
     for v in x.values():
         v.requires_grad_()
     bx = [boxes(gen, 3, torch.float64), boxes(gen, 2, torch.float64) * 0.5]
@@ -343,6 +349,8 @@ def test_python_layer_reads_no_values_when_they_would_be_on_cuda(name, gen, monk
     fn, make = CASES[name]
     args = make(gen)
     if name == "soft_nms":
-        pytest.skip("soft_nms checks its scores for NaN on every device (its output size is read back anyway)")
+        pytest.skip(
+            "soft_nms checks its scores for NaN on every device (its output size is read back anyway)"
+        )
     with _NoHostReads():
         fn(*args)
