@@ -60,6 +60,10 @@ FASTMTL_HD double atan_(double x) { return atan(x); }
 template <typename T>
 FASTMTL_HD T ciou_k() { return T(0.40528473456935108578); }  // 4 / pi^2
 
+// atan(w / h): the CIoU shape term of a box.
+template <typename T>
+FASTMTL_HD T box_aspect(const Box<T>& b) { return atan_((b.x2 - b.x1) / (b.y2 - b.y1)); }
+
 // Per-box values that the pairwise kernels compute once per box, not once per pair.
 template <typename T>
 struct BoxStats {
@@ -69,18 +73,57 @@ struct BoxStats {
 
 template <typename T>
 FASTMTL_HD BoxStats<T> box_stats(const Box<T>& b) {
-  return {area(b), atan_((b.x2 - b.x1) / (b.y2 - b.y1))};
+  return {area(b), box_aspect(b)};
 }
 
-// Value of variant V for one pair. Unused stats (the aspect outside CIoU) cost nothing once
-// inlined.
+// Everything the pair math reads of one box: the corners and the values derived from them alone.
+// Each field is the very expression the pair functions used to evaluate inline for every pair, so
+// a kernel that computes a BoxGeom once per box (in registers, shared memory or a buffer) gets the
+// same bits as one that recomputes it per pair; builds keep FMA contraction off (-ffp-contract=off,
+// -fmad=false), so this holds on both devices.
+template <typename T>
+struct BoxGeom {
+  Box<T> b;
+  T w, h;    // x2 - x1, y2 - y1
+  T cx, cy;  // (x1 + x2) / 2, (y1 + y2) / 2
+  T area;    // (x2 - x1) * (y2 - y1)
+  T aspect;  // box_aspect (only read by CIoU)
+  T r2;      // w * w + h * h (only read by the CIoU gradient)
+};
+
+// A BoxGeom from the box and its area and aspect, computed elsewhere (BoxStats, a buffer).
+template <typename T>
+FASTMTL_HD BoxGeom<T> box_geom(const Box<T>& b, T area_, T aspect) {
+  BoxGeom<T> g;
+  g.b = b;
+  g.w = b.x2 - b.x1;
+  g.h = b.y2 - b.y1;
+  g.cx = (b.x1 + b.x2) / T(2);
+  g.cy = (b.y1 + b.y2) / T(2);
+  g.area = area_;
+  g.aspect = aspect;
+  g.r2 = g.w * g.w + g.h * g.h;
+  return g;
+}
+
+// A BoxGeom for variant V: the arctangent only where V reads it (CIoU).
 template <int V, typename T>
-FASTMTL_HD T pair_value(const Box<T>& a, const Box<T>& b, const BoxStats<T>& sa, const BoxStats<T>& sb,
-                        T eps, T union_eps) {
+FASTMTL_HD BoxGeom<T> box_geom(const Box<T>& b) {
+  return box_geom(b, area(b), V == kCIoU ? box_aspect(b) : T(0));
+}
+
+// Value of variant V for one pair. Unused fields (the aspect outside CIoU) cost nothing once
+// inlined. There are no reciprocals to precompute: every divisor left (the union, the enclosing
+// box, the diagonal, 1 - iou + v) depends on the pair, and x / d is not x * (1 / d) in floating
+// point, so a reciprocal would break the CPU/GPU bit-identity.
+template <int V, typename T>
+FASTMTL_HD T pair_value(const BoxGeom<T>& ga, const BoxGeom<T>& gb, T eps, T union_eps) {
+  const Box<T>& a = ga.b;
+  const Box<T>& b = gb.b;
   const T iw = max2(min2(a.x2, b.x2) - max2(a.x1, b.x1), T(0));
   const T ih = max2(min2(a.y2, b.y2) - max2(a.y1, b.y1), T(0));
   const T inter = iw * ih;
-  const T uni = sa.area + sb.area - inter;
+  const T uni = ga.area + gb.area - inter;
   const T iou = inter / (uni + union_eps);
   if constexpr (V == kIoU) return iou;
   const T cw = max2(max2(a.x2, b.x2) - min2(a.x1, b.x1), T(0));
@@ -89,19 +132,25 @@ FASTMTL_HD T pair_value(const Box<T>& a, const Box<T>& b, const BoxStats<T>& sa,
     const T c = cw * ch;
     return iou - (c - uni) / (c + union_eps);
   }
-  const T dx = (a.x1 + a.x2) / T(2) - (b.x1 + b.x2) / T(2);
-  const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
+  const T dx = ga.cx - gb.cx;
+  const T dy = ga.cy - gb.cy;
   const T diou = iou - (dx * dx + dy * dy) / (cw * cw + ch * ch + eps);
   if constexpr (V == kDIoU) return diou;
-  const T t = sa.aspect - sb.aspect;
+  const T t = ga.aspect - gb.aspect;
   const T v = ciou_k<T>() * t * t;
   const T alpha = v / (T(1) - iou + v + eps);
   return diou - alpha * v;
 }
 
 template <int V, typename T>
+FASTMTL_HD T pair_value(const Box<T>& a, const Box<T>& b, const BoxStats<T>& sa, const BoxStats<T>& sb,
+                        T eps, T union_eps) {
+  return pair_value<V>(box_geom(a, sa.area, sa.aspect), box_geom(b, sb.area, sb.aspect), eps, union_eps);
+}
+
+template <int V, typename T>
 FASTMTL_HD T pair_value(const Box<T>& a, const Box<T>& b, T eps, T union_eps) {
-  return pair_value<V>(a, b, box_stats(a), box_stats(b), eps, union_eps);
+  return pair_value<V>(box_geom<V>(a), box_geom<V>(b), eps, union_eps);
 }
 
 // Gradient of y = min(p, q) (sign = +1) or max(p, q) (sign = -1) split as torch does:
@@ -116,11 +165,13 @@ FASTMTL_HD void minmax_grad(T p, T q, T g, bool is_min, T& gp, T& gq) {
 // d(variant V of the pair)/d(coordinates) times the incoming gradient g, written into ga, gb.
 // Recomputes the forward intermediates: backward needs only the boxes.
 template <int V, typename T>
-FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, const BoxStats<T>& sa, const BoxStats<T>& sb,
-                          T g, T eps, T union_eps, Box<T>& ga, Box<T>& gb) {
+FASTMTL_HD void pair_grad(const BoxGeom<T>& sa, const BoxGeom<T>& sb, T g, T eps, T union_eps, Box<T>& ga,
+                          Box<T>& gb) {
+  const Box<T>& a = sa.b;
+  const Box<T>& b = sb.b;
   ga = {T(0), T(0), T(0), T(0)};
   gb = {T(0), T(0), T(0), T(0)};
-  const T wa = a.x2 - a.x1, ha = a.y2 - a.y1, wb = b.x2 - b.x1, hb = b.y2 - b.y1;
+  const T wa = sa.w, ha = sa.h, wb = sb.w, hb = sb.h;
   const T iw_raw = min2(a.x2, b.x2) - max2(a.x1, b.x1);
   const T ih_raw = min2(a.y2, b.y2) - max2(a.y1, b.y1);
   const T iw = max2(iw_raw, T(0)), ih = max2(ih_raw, T(0));
@@ -141,8 +192,8 @@ FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, const BoxStats<T>& s
     g_ch += g_c * cw;
   }
   if constexpr (V == kDIoU || V == kCIoU) {
-    const T dx = (a.x1 + a.x2) / T(2) - (b.x1 + b.x2) / T(2);
-    const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
+    const T dx = sa.cx - sb.cx;
+    const T dy = sa.cy - sb.cy;
     const T diag = cw * cw + ch * ch + eps;
     const T rho2 = dx * dx + dy * dy;
     const T g_diag = g * rho2 / (diag * diag);
@@ -158,7 +209,8 @@ FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, const BoxStats<T>& s
     const T v = ciou_k<T>() * t * t;
     const T alpha = v / (T(1) - iou + v + eps);
     const T g_t = -g * alpha * T(2) * ciou_k<T>() * t;
-    const T ra = wa * wa + ha * ha, rb = wb * wb + hb * hb;
+    // g_t * ha / ra is (g_t * ha) / ra: a reciprocal of ra would round differently.
+    const T ra = sa.r2, rb = sb.r2;
     g_wa += g_t * ha / ra;
     g_ha -= g_t * wa / ra;
     g_wb -= g_t * hb / rb;
@@ -189,8 +241,14 @@ FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, const BoxStats<T>& s
 }
 
 template <int V, typename T>
+FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, const BoxStats<T>& sa, const BoxStats<T>& sb,
+                          T g, T eps, T union_eps, Box<T>& ga, Box<T>& gb) {
+  pair_grad<V>(box_geom(a, sa.area, sa.aspect), box_geom(b, sb.area, sb.aspect), g, eps, union_eps, ga, gb);
+}
+
+template <int V, typename T>
 FASTMTL_HD void pair_grad(const Box<T>& a, const Box<T>& b, T g, T eps, T union_eps, Box<T>& ga, Box<T>& gb) {
-  pair_grad<V>(a, b, box_stats(a), box_stats(b), g, eps, union_eps, ga, gb);
+  pair_grad<V>(box_geom<V>(a), box_geom<V>(b), g, eps, union_eps, ga, gb);
 }
 
 // Calls f(std::integral_constant<int, V>{}) with V the variant as a compile-time constant,

@@ -104,25 +104,73 @@ FASTMTL_HD bool axis_taps(T v, int size, int& lo, int& hi, T& wlo, T& whi) {
   return true;
 }
 
-// Pixels [first, last] along one axis that the samples of a roi may touch: a cheap, conservative
-// bound (one pixel of margin) for kernels that gather, so they can skip rois far away. Samples
-// are monotonic in (p, i), so the first and last ones bound them all.
+// Pixels [first, last] along one axis that the taps of bin p's samples can touch (first > last:
+// none). Exact, not a heuristic: for a fixed p, sample_pos is (start + p * bin) + ((i + 0.5) *
+// bin) / grid, each step a correctly rounded monotone function of i, so the computed positions of
+// the bin are monotone in i (non-decreasing for bin >= 0, non-increasing for bin < 0) and its first
+// and last samples bound the rest. A sample taken (v in [-1, size]) touches
+// min(floor(max(v, 0)), size - 1) and at most the pixel after it, so the bin touches
+// [min(floor(max(v_min, 0)), size - 1), min(floor(v_max) + 1, size - 1)], and nothing when
+// v_max < -1 or v_min > size (no sample taken). Positions are NaN for all samples of a bin or for
+// none; a NaN bin gets the whole axis (it takes no sample, so this only costs time).
+// Requires size < 2^30 (the int conversions fit).
 template <typename T>
-FASTMTL_HD void align_reach(const AlignAxis<T>& a, int pooled, int size, int& first, int& last) {
+FASTMTL_HD void align_bin_reach(const AlignAxis<T>& a, int p, int size, int& first, int& last) {
   first = 0;
-  last = size - 1;
-  if (a.grid <= 0) {
-    last = -1;  // no samples
+  last = -1;
+  if (a.grid <= 0 || size <= 0) return;
+  const T v0 = sample_pos(a, p, 0), v1 = sample_pos(a, p, a.grid - 1);
+  if (!(v0 == v0 && v1 == v1)) {
+    last = size - 1;
     return;
   }
-  const T v0 = sample_pos(a, 0, 0), v1 = sample_pos(a, pooled - 1, a.grid - 1);
-  if (!(v0 == v0 && v1 == v1)) return;  // NaN: no sample is taken; the whole axis is still safe
-  T lo = v0 < v1 ? v0 : v1, hi = v0 < v1 ? v1 : v0;
+  const T lo = v0 < v1 ? v0 : v1, hi = v0 < v1 ? v1 : v0;
   const T top = static_cast<T>(size);
-  lo = lo < T(0) ? T(0) : (lo > top ? top : lo);
-  hi = hi < T(0) ? T(0) : (hi > top ? top : hi);
-  first = static_cast<int>(lo) - 1;
-  last = static_cast<int>(hi) + 1;
+  if (hi < T(-1) || lo > top) return;  // every sample is off the map
+  const int f = lo > T(0) ? static_cast<int>(lo) : 0;                // lo <= top here
+  const int l = (hi < top ? static_cast<int>(hi > T(0) ? hi : T(0)) : size) + 1;
+  first = f < size - 1 ? f : size - 1;
+  last = l < size - 1 ? l : size - 1;
+}
+
+// Summed tap weight of `pixel` (in [0, size)) in the samples of bin p along one axis: the sum, in
+// ascending sample order, of w_lo over the samples whose low tap is the pixel and w_hi over those
+// whose high tap is (both for a sample clamped to the last pixel). Visits only the samples that can
+// touch the pixel, found by bisection, yet returns the bits of the plain loop over all samples:
+//  - a sample with a tap of nonzero weight on `pixel` lies in [pixel - 1, pixel + 1] (v in
+//    [-1, 0) reads pixel 0 with weight 1 and pixel 1 with weight 0; otherwise the low tap is
+//    floor(v), and the last pixel also takes v in [size - 1, size]);
+//  - the samples outside that window add only +0 or nothing, and s + (+0) == s here since every
+//    weight is >= +0, so s is never -0;
+//  - the window bounds rounded to T keep every float inside them (rounding is monotone), and the
+//    positions of a bin are monotone in the sample index (align_bin_reach), so the samples in the
+//    window are consecutive: bisect for the first, stop after the last.
+template <typename T>
+FASTMTL_HD T axis_weight(const AlignAxis<T>& a, int p, int size, int pixel) {
+  const T lo_v = static_cast<T>(pixel - 1), hi_v = static_cast<T>(pixel + 1);
+  const bool up = !(a.bin < T(0));
+  int first = 0, count = a.grid;  // lower bound: the first sample not before the window
+  while (count > 0) {
+    const int half = count / 2, mid = first + half;
+    const T v = sample_pos(a, p, mid);
+    if (up ? v < lo_v : v > hi_v) {
+      first = mid + 1;
+      count -= half + 1;
+    } else {
+      count = half;
+    }
+  }
+  T s = T(0);
+  for (int i = first; i < a.grid; ++i) {
+    const T v = sample_pos(a, p, i);
+    if (!(v >= lo_v && v <= hi_v)) break;  // past the window (NaN: no sample is taken)
+    int t0, t1;
+    T w0, w1;
+    if (!axis_taps(v, size, t0, t1, w0, w1)) continue;
+    if (t0 == pixel) s += w0;
+    if (t1 == pixel) s += w1;
+  }
+  return s;
 }
 
 // ---- RoI pool ---------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 //
 // Forward: one thread per output element. Backward: one thread per incoming gradient element,
 // scattering with atomicAdd (fast; the order of the adds, so the rounding, varies from run to
-// run). roi_align also has a deterministic backward: one thread per input element gathers, in
-// roi order, the terms of every roi of its image whose samples can reach it.
+// run). roi_align also has a deterministic backward that gathers instead: each input element sums
+// the terms of the rois that reach it, in roi order, with no atomics (see "Deterministic backward"
+// below for how it finds them without scanning every roi).
 //
 // Batch indices are not checked on the host (that would wait for the device): a roi whose index
 // names no image gives zeros in the forward (argmax -1) and no gradient.
@@ -18,7 +19,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cub/device/device_radix_sort.cuh>
+
 #include <algorithm>
+#include <climits>
 #include <type_traits>
 
 #include "../../kernels/roi.h"
@@ -125,58 +129,209 @@ __global__ void roi_align_backward_atomic_kernel(const scalar_t* __restrict__ gr
   }
 }
 
-// Weight of pixel `at` in the samples of bin p along one axis: the sum of its tap weights.
+// ---- Deterministic backward ------------------------------------------------------------------
+//
+// grad_input[b, c, y, x] = sum over the rois k of image b, in ascending k, of
+//   (sum_ph wy_k[ph](y) * (sum_pw wx_k[pw](x) * grad[k, c, ph, pw])) / count_k
+// with wy, wx the summed tap weights of roi::axis_weight, ph and pw ascending: the sums of the
+// previous gather (every element scanned every roi), term for term, so the same bits. What changed
+// is which rois and bins an element looks at:
+//  1. prepare: per roi, its batch index, axes and divisor (RoiInfo), and for every bin the pixels
+//     its taps can touch (roi::align_bin_reach, exact); the roi's extent is their union. A roi
+//     whose index names no image, or that touches no pixel, gets the key N (no image).
+//  2. a stable radix sort (cub) of the roi indices by key, then bucket[b] = the first sorted
+//     position with key >= b (bisection): the rois of image b, ascending, are
+//     order[bucket[b] .. bucket[b + 1]). A counting sort by image on the device: no host sync.
+//  3. gather: a block takes 256 consecutive pixels of one image plane (a tile) and kChannels<T>
+//     channels. It walks its image's rois kThreads at a time, keeps (order-preserving compaction)
+//     those whose extent meets the tile's bounding box in shared memory, and each thread adds, roi
+//     by roi, the terms of those whose extent holds its pixel: only the bins whose reach holds the
+//     pixel, and in each only the samples that can touch it (roi::axis_weight). The tap weights
+//     serve all kChannels channels.
+// No atomics anywhere (the sort's output is fully determined by its stable order), and each
+// element is written by one thread: the result is the same from run to run.
+
+// Channels per thread in the gather (fewer in double, whose registers are twice as wide).
 template <typename T>
-__device__ __forceinline__ T axis_weight_at(const roi::AlignAxis<T>& a, int p, int size, int pixel) {
-  T s = T(0);
-  for (int i = 0; i < a.grid; ++i) {
-    int t0, t1;
-    T w0, w1;
-    if (!roi::axis_taps(roi::sample_pos(a, p, i), size, t0, t1, w0, w1)) continue;
-    if (t0 == pixel) s += w0;
-    if (t1 == pixel) s += w1;
+constexpr int kChannels = sizeof(T) > 4 ? 4 : 8;
+
+// Everything the gather needs of one roi (the same values align_axes and sample_count give).
+template <typename T>
+struct RoiInfo {
+  T y_start, y_bin, x_start, x_bin, count;
+  int y_grid, x_grid;
+  int y0, y1, x0, x1;  // extent: the pixels its taps can touch (y0 > y1 or x0 > x1: none)
+  int k;               // its index
+};
+
+template <typename scalar_t>
+__global__ void roi_align_prepare_kernel(const scalar_t* __restrict__ rois, int64_t k_count, Dims d,
+                                         at::opmath_type<scalar_t> scale, int sampling_ratio, bool aligned,
+                                         RoiInfo<at::opmath_type<scalar_t>>* __restrict__ info,
+                                         int2* __restrict__ reach, int* __restrict__ keys, int* __restrict__ order) {
+  using T = at::opmath_type<scalar_t>;
+  const int ph_count = static_cast<int>(d.ph), pw_count = static_cast<int>(d.pw);
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < k_count; k += int64_t(gridDim.x) * blockDim.x) {
+    const scalar_t* r = rois + 5 * k;
+    const int64_t b = roi::batch_index(static_cast<T>(r[0]), d.n);
+    roi::AlignAxis<T> ay, ax;
+    align_axes(r, scale, d, sampling_ratio, aligned, ay, ax);
+    RoiInfo<T> ri;
+    ri.y_start = ay.start;
+    ri.y_bin = ay.bin;
+    ri.x_start = ax.start;
+    ri.x_bin = ax.bin;
+    ri.count = roi::sample_count(ay, ax);
+    ri.y_grid = ay.grid;
+    ri.x_grid = ax.grid;
+    ri.k = static_cast<int>(k);
+    int2* rr = reach + k * (ph_count + pw_count);
+    int lo = INT_MAX, hi = -1;
+    for (int ph = 0; ph < ph_count; ++ph) {
+      int f, l;
+      roi::align_bin_reach(ay, ph, int(d.h), f, l);
+      rr[ph] = make_int2(f, l);
+      if (f <= l) {
+        lo = min(lo, f);
+        hi = max(hi, l);
+      }
+    }
+    ri.y0 = lo;
+    ri.y1 = hi;
+    lo = INT_MAX;
+    hi = -1;
+    for (int pw = 0; pw < pw_count; ++pw) {
+      int f, l;
+      roi::align_bin_reach(ax, pw, int(d.w), f, l);
+      rr[ph_count + pw] = make_int2(f, l);
+      if (f <= l) {
+        lo = min(lo, f);
+        hi = max(hi, l);
+      }
+    }
+    ri.x0 = lo;
+    ri.x1 = hi;
+    info[k] = ri;
+    const bool reaches = ri.y0 <= ri.y1 && ri.x0 <= ri.x1;
+    keys[k] = b >= 0 && reaches ? static_cast<int>(b) : static_cast<int>(d.n);
+    order[k] = static_cast<int>(k);
   }
-  return s;
 }
 
-// Gather: thread i owns input element (b, c, y, x) and sums, roi by roi in index order, the terms
-// sum_{ph, pw} grad[k, c, ph, pw] * Wy[ph](y) * Wx[pw](x) / count. No atomics: deterministic.
-template <typename scalar_t>
-__global__ void roi_align_backward_gather_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ rois,
-                                                 int64_t k_count, Dims d, int64_t total,
-                                                 at::opmath_type<scalar_t> scale, int sampling_ratio, bool aligned,
-                                                 scalar_t* __restrict__ grad_input) {
-  using T = at::opmath_type<scalar_t>;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int x = static_cast<int>(i % d.w);
-    const int y = static_cast<int>((i / d.w) % d.h);
-    const int64_t c = (i / (d.w * d.h)) % d.c;
-    const int64_t b = i / (d.w * d.h * d.c);
-    T acc = T(0);
-    for (int64_t k = 0; k < k_count; ++k) {
-      const scalar_t* r = rois + 5 * k;
-      if (roi::batch_index(static_cast<T>(r[0]), d.n) != b) continue;
-      roi::AlignAxis<T> ay, ax;
-      align_axes(r, scale, d, sampling_ratio, aligned, ay, ax);
-      int y_first, y_last, x_first, x_last;
-      roi::align_reach(ay, int(d.ph), int(d.h), y_first, y_last);
-      roi::align_reach(ax, int(d.pw), int(d.w), x_first, x_last);
-      if (y < y_first || y > y_last || x < x_first || x > x_last) continue;
-      const scalar_t* g = grad + (k * d.c + c) * d.ph * d.pw;
-      T sum = T(0);
-      for (int ph = 0; ph < d.ph; ++ph) {
-        const T wy = axis_weight_at(ay, ph, int(d.h), y);
-        if (wy == T(0)) continue;
-        T row = T(0);
-        for (int pw = 0; pw < d.pw; ++pw) {
-          const T wx = axis_weight_at(ax, pw, int(d.w), x);
-          if (wx != T(0)) row += wx * static_cast<T>(g[ph * d.pw + pw]);
-        }
-        sum += wy * row;
+// bucket[b] = the first position of sorted_keys (ascending) whose key is >= b, for b in [0, n].
+__global__ void roi_bucket_kernel(const int* __restrict__ sorted_keys, int k_count, int n, int* __restrict__ bucket) {
+  for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b <= n; b += int64_t(gridDim.x) * blockDim.x) {
+    int first = 0, count = k_count;
+    while (count > 0) {
+      const int half = count / 2, mid = first + half;
+      if (sorted_keys[mid] < b) {
+        first = mid + 1;
+        count -= half + 1;
+      } else {
+        count = half;
       }
-      acc += sum / roi::sample_count(ay, ax);
     }
-    grad_input[i] = static_cast<scalar_t>(acc);
+    bucket[b] = first;
+  }
+}
+
+// Work item (image b, channel group, tile of kThreads consecutive plane positions), tiles fastest;
+// blocks stride over the items. All loop bounds and branches around barriers depend on the item
+// only, so every thread of the block reaches every __syncthreads.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    roi_align_backward_gather_kernel(const scalar_t* __restrict__ grad,
+                                     const RoiInfo<at::opmath_type<scalar_t>>* __restrict__ info,
+                                     const int2* __restrict__ reach, const int* __restrict__ order,
+                                     const int* __restrict__ bucket, Dims d, int64_t tiles, int64_t groups,
+                                     int64_t items, scalar_t* __restrict__ grad_input) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr int kGroup = kChannels<T>;
+  __shared__ RoiInfo<T> listed[kThreads];
+  __shared__ int warp_taken[kThreads / 32];
+  const int ph_count = static_cast<int>(d.ph), pw_count = static_cast<int>(d.pw);
+  const int height = static_cast<int>(d.h), width = static_cast<int>(d.w);
+  const int64_t plane = d.h * d.w, bins = d.ph * d.pw;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const int64_t tile = item % tiles;
+    const int64_t c0 = (item / tiles) % groups * kGroup;
+    const int64_t b = item / (tiles * groups);
+    const int64_t p0 = tile * kThreads, p1 = std::min<int64_t>(p0 + kThreads, plane) - 1;  // positions [p0, p1]
+    const int64_t pos = p0 + threadIdx.x;
+    const bool live = pos < plane;
+    const int y = live ? static_cast<int>(pos / d.w) : -1;  // -1: inside no extent
+    const int x = live ? static_cast<int>(pos % d.w) : -1;
+    // The tile's bounding box: one row segment, or whole rows when it wraps.
+    const int ty0 = static_cast<int>(p0 / d.w), ty1 = static_cast<int>(p1 / d.w);
+    const int tx0 = ty0 == ty1 ? static_cast<int>(p0 % d.w) : 0;
+    const int tx1 = ty0 == ty1 ? static_cast<int>(p1 % d.w) : width - 1;
+    const int cn = static_cast<int>(std::min<int64_t>(kGroup, d.c - c0));
+    T acc[kGroup];
+#pragma unroll
+    for (int q = 0; q < kGroup; ++q) acc[q] = T(0);
+    const int64_t end = bucket[b + 1];
+    for (int64_t base = bucket[b]; base < end; base += kThreads) {
+      // This chunk's rois that meet the tile, kept in roi order.
+      const int64_t at = base + threadIdx.x;
+      RoiInfo<T> ri;
+      bool take = false;
+      if (at < end) {
+        ri = info[order[at]];
+        take = ri.y0 <= ty1 && ri.y1 >= ty0 && ri.x0 <= tx1 && ri.x1 >= tx0;
+      }
+      const unsigned ballot = __ballot_sync(0xffffffffu, take);
+      if (lane == 0) warp_taken[warp] = __popc(ballot);
+      __syncthreads();
+      int offset = 0, taken = 0;
+#pragma unroll
+      for (int w = 0; w < kThreads / 32; ++w) {
+        offset += w < warp ? warp_taken[w] : 0;
+        taken += warp_taken[w];
+      }
+      if (take) listed[offset + __popc(ballot & ((1u << lane) - 1u))] = ri;
+      __syncthreads();
+      for (int e = 0; e < taken; ++e) {
+        const RoiInfo<T>& r = listed[e];
+        if (y < r.y0 || y > r.y1 || x < r.x0 || x > r.x1) continue;
+        const roi::AlignAxis<T> ay{r.y_start, r.y_bin, r.y_grid}, ax{r.x_start, r.x_bin, r.x_grid};
+        const int2* yr = reach + static_cast<int64_t>(r.k) * (ph_count + pw_count);
+        const int2* xr = yr + ph_count;
+        const scalar_t* g = grad + (static_cast<int64_t>(r.k) * d.c + c0) * bins;
+        T sum[kGroup];
+#pragma unroll
+        for (int q = 0; q < kGroup; ++q) sum[q] = T(0);
+        for (int ph = 0; ph < ph_count; ++ph) {
+          const int2 ry = yr[ph];
+          if (y < ry.x || y > ry.y) continue;
+          const T wy = roi::axis_weight(ay, ph, height, y);
+          if (wy == T(0)) continue;
+          T row[kGroup];
+#pragma unroll
+          for (int q = 0; q < kGroup; ++q) row[q] = T(0);
+          for (int pw = 0; pw < pw_count; ++pw) {
+            const int2 rx = xr[pw];
+            if (x < rx.x || x > rx.y) continue;
+            const T wx = roi::axis_weight(ax, pw, width, x);
+            if (wx == T(0)) continue;
+            const scalar_t* gq = g + ph * d.pw + pw;
+#pragma unroll
+            for (int q = 0; q < kGroup; ++q)
+              if (q < cn) row[q] += wx * static_cast<T>(gq[q * bins]);
+          }
+#pragma unroll
+          for (int q = 0; q < kGroup; ++q) sum[q] += wy * row[q];
+        }
+#pragma unroll
+        for (int q = 0; q < kGroup; ++q) acc[q] += sum[q] / r.count;
+      }
+      __syncthreads();  // listed and warp_taken are rewritten by the next chunk
+    }
+    if (live) {
+#pragma unroll
+      for (int q = 0; q < kGroup; ++q)
+        if (q < cn) grad_input[(b * d.c + c0 + q) * plane + pos] = static_cast<scalar_t>(acc[q]);
+    }
   }
 }
 
@@ -192,16 +347,66 @@ void launch_align_forward(const at::Tensor& x, const at::Tensor& r, const Dims& 
 }
 
 template <typename scalar_t>
+void launch_align_backward_deterministic(const at::Tensor& g, const at::Tensor& r, const Dims& d, double scale,
+                                         int64_t sampling_ratio, bool aligned, at::Tensor& grad_input) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t k_count = r.size(0);
+  TORCH_CHECK(k_count < INT_MAX && d.n < INT_MAX,
+              "the deterministic CUDA backward of roi_align takes fewer than 2^31 - 1 rois and images, got ",
+              k_count, " rois and ", d.n, " images");
+  TORCH_CHECK(d.h < (int64_t(1) << 30) && d.w < (int64_t(1) << 30) && d.ph + d.pw < INT_MAX,
+              "the deterministic CUDA backward of roi_align takes height and width below 2^30, got ", d.h,
+              " and ", d.w);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto opts = r.options();
+  // Scratch, sized from shapes only.
+  at::Tensor info = at::empty({k_count * static_cast<int64_t>(sizeof(RoiInfo<T>))}, opts.dtype(at::kByte));
+  at::Tensor reach = at::empty({k_count, d.ph + d.pw, 2}, opts.dtype(at::kInt));
+  at::Tensor sort = at::empty({4, k_count}, opts.dtype(at::kInt));  // keys, order, sorted keys, sorted order
+  at::Tensor bucket = at::empty({d.n + 1}, opts.dtype(at::kInt));
+  auto* info_p = reinterpret_cast<RoiInfo<T>*>(info.mutable_data_ptr<uint8_t>());
+  auto* reach_p = reinterpret_cast<int2*>(reach.mutable_data_ptr<int>());
+  int* keys = sort.mutable_data_ptr<int>();
+  int* order = keys + k_count;
+  int* sorted_keys = order + k_count;
+  int* sorted_order = sorted_keys + k_count;
+
+  roi_align_prepare_kernel<scalar_t><<<blocks_for(k_count), kThreads, 0, stream>>>(
+      r.const_data_ptr<scalar_t>(), k_count, d, static_cast<T>(scale), int(sampling_ratio), aligned, info_p,
+      reach_p, keys, order);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  // Keys are in [0, n]: sort on the bits that hold n.
+  int end_bit = 1;
+  while ((int64_t(1) << end_bit) <= d.n) ++end_bit;
+  size_t temp_bytes = 0;
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys, sorted_keys, order, sorted_order,
+                                                 static_cast<int>(k_count), 0, end_bit, stream));
+  at::Tensor temp = at::empty({static_cast<int64_t>(std::max<size_t>(temp_bytes, 1))}, opts.dtype(at::kByte));
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.mutable_data_ptr(), temp_bytes, keys, sorted_keys, order,
+                                                 sorted_order, static_cast<int>(k_count), 0, end_bit, stream));
+
+  roi_bucket_kernel<<<blocks_for(d.n + 1), kThreads, 0, stream>>>(sorted_keys, static_cast<int>(k_count),
+                                                                   static_cast<int>(d.n),
+                                                                   bucket.mutable_data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  const int64_t tiles = (d.h * d.w + kThreads - 1) / kThreads;
+  const int64_t groups = (d.c + kChannels<T> - 1) / kChannels<T>;
+  const int64_t items = d.n * groups * tiles;
+  roi_align_backward_gather_kernel<scalar_t><<<blocks_for(items * kThreads), kThreads, 0, stream>>>(
+      g.const_data_ptr<scalar_t>(), info_p, reach_p, sorted_order, bucket.const_data_ptr<int>(), d, tiles, groups,
+      items, grad_input.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
 void launch_align_backward(const at::Tensor& g, const at::Tensor& r, const Dims& d, double scale,
                            int64_t sampling_ratio, bool aligned, bool deterministic, at::Tensor& grad_input) {
   using T = at::opmath_type<scalar_t>;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (deterministic) {
-    const int64_t total = grad_input.numel();
-    roi_align_backward_gather_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), r.size(0), d, total, static_cast<T>(scale),
-        int(sampling_ratio), aligned, grad_input.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_align_backward_deterministic<scalar_t>(g, r, d, scale, sampling_ratio, aligned, grad_input);
     return;
   }
   at::globalContext().alertNotDeterministic("fastmtl::_roi_align_backward (CUDA, deterministic=False)");
