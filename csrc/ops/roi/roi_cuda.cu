@@ -405,11 +405,12 @@ void launch_align_backward(const at::Tensor& g, const at::Tensor& r, const Dims&
                            int64_t sampling_ratio, bool aligned, bool deterministic, at::Tensor& grad_input) {
   using T = at::opmath_type<scalar_t>;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  if (deterministic) {
+  // torch.use_deterministic_algorithms(True) picks the gather too (also for scripted callers,
+  // which cannot ask torch from TorchScript).
+  if (deterministic || at::globalContext().deterministicAlgorithms()) {
     launch_align_backward_deterministic<scalar_t>(g, r, d, scale, sampling_ratio, aligned, grad_input);
     return;
   }
-  at::globalContext().alertNotDeterministic("fastmtl::_roi_align_backward (CUDA, deterministic=False)");
   // Atomics add in the opmath type: into grad_input itself for float/double, else a float buffer.
   at::Tensor acc = std::is_same_v<T, scalar_t>
                        ? grad_input
