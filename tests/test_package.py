@@ -92,3 +92,18 @@ def test_missing_extension_falls_back_with_one_warning(monkeypatch):
         loss = ops.giou_loss(b, b.detach().flip(0), reduction="sum")
     loss.backward()
     assert torch.isfinite(b.grad).all()
+
+
+def test_debug_checks_switch(monkeypatch):
+    """Off by default: the Python layer reads no CUDA values; on, the CPU's value checks run on
+    every device (here: a meta tensor still carries no values, a CPU one always is checked)."""
+    from fastmtl.ops._checks import values_readable
+
+    monkeypatch.setattr(_ext, "_debug_checks", False)
+    assert not fastmtl.debug_checks()
+    cuda_like = torch.empty(2, 4, device="meta")
+    assert values_readable(torch.zeros(2, 4)) and not values_readable(cuda_like)
+    fastmtl.set_debug_checks(True)
+    assert fastmtl.debug_checks()
+    assert not values_readable(cuda_like)  # meta: nothing to read, even in debug mode
+    fastmtl.set_debug_checks(False)
