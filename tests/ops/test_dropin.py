@@ -270,7 +270,7 @@ def test_loss_double_backward(loss, gen):
 
 
 def test_roi_align_double_backward(gen):
-    x = features(gen, dtype=torch.float64).requires_grad_()
+    x = features(gen, c=3, h=12, w=12, dtype=torch.float64).requires_grad_()
     r = rois(gen, 5, dtype=torch.float64)
     assert torch.autograd.gradgradcheck(lambda t: F.roi_align(t, r, (3, 2), 0.5, 2, True), (x,))
     # a gradient penalty: the second-order term flows through the incoming gradient
@@ -283,11 +283,10 @@ def test_roi_align_double_backward(gen):
 
 
 def test_roi_pool_double_backward(gen):
-    x = (
-        torch.randperm(2 * 3 * 24 * 20, generator=gen).double().reshape(2, 3, 24, 20).requires_grad_()
-    )  # no ties
+    x = torch.randperm(2 * 2 * 9 * 8, generator=gen).double().reshape(2, 2, 9, 8).requires_grad_()  # no ties
     r = rois(gen, 5, dtype=torch.float64)
-    assert torch.autograd.gradgradcheck(lambda t: F.roi_pool(t, r, (3, 2), 0.5), (x,))
+    # fast mode: a random projection of the Jacobians (the full check takes minutes here)
+    assert torch.autograd.gradgradcheck(lambda t: F.roi_pool(t, r, (3, 2), 0.25), (x,), fast_mode=True)
 
 
 def test_multiscale_double_backward(gen):
