@@ -18,8 +18,9 @@ CCACHE_PATH := $(if $(wildcard /usr/lib/ccache),/usr/lib/ccache:,)
 test: $(VENV)/.built
 	$(PY) -m pytest -q tests
 
+# A representative subset, a few minutes on 2 cores; `make bench BENCH_ARGS=--full` for every case.
 bench: $(VENV)/.built
-	$(VENV)/bin/fastmtl bench
+	$(VENV)/bin/fastmtl bench $(BENCH_ARGS)
 
 build: $(VENV)/.built
 

@@ -1,8 +1,11 @@
 """The ``fastmtl`` command line.
 
-``fastmtl bench [--ops box_iou ...] [--device cpu|cuda|all] [--quick] [--out DIR]`` times the
-registered op families against their alternatives, prints a table per device and writes CSV
-and JSON results. Exit status: 0 on success, 1 when providers disagree, 2 on a usage error.
+``fastmtl bench [--ops box_iou ...] [--device cpu|cuda|all] [--full | --quick] [--out DIR]`` times
+the registered op families against their alternatives, prints a table per device and writes CSV
+and JSON results. By default it runs a representative subset of the cases (a few minutes on a
+2-core CPU); ``--full`` runs them all, ``--quick`` small sizes only (a smoke test). Progress goes
+to stderr: a bar with an ETA on a terminal, one line per case otherwise. Exit status: 0 on
+success, 1 when providers disagree, 2 on a usage error.
 
 ``fastmtl demo detection [--steps N] [--out DIR] [--device cpu|cuda] [--proposals rpn|fixed] [--seed S]``
 trains the two-stage detector on the synthetic shapes, prints mAP against a random baseline and
@@ -42,12 +45,21 @@ def _parser() -> argparse.ArgumentParser:
         default="all",
         help="'all' (default): the CPU, and CUDA when available",
     )
-    bench.add_argument(
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument(
+        "--full", action="store_true", help="every case (default: a representative subset, a few minutes)"
+    )
+    size.add_argument(
         "--quick", action="store_true", help="small sizes, short budgets, no torch.compile (a smoke test)"
     )
     out_help = "results directory (default: benchmarks/results/ of a checkout, else ./fastmtl-bench-results)"
     bench.add_argument("--out", default=None, help=out_help)
     bench.add_argument("--budget", type=float, default=None, help="seconds of timed calls per provider")
+    bench.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="plain progress lines even on a terminal (the default without one, as in CI logs)",
+    )
     _add_demo(sub)
     return parser
 
@@ -114,21 +126,30 @@ def _quiet_compile() -> None:
 
 
 def _bench_device(args, device: str, timing, info: dict) -> tuple:
-    """Runs every case on one device; returns (rows, notes, disagreement messages)."""
+    """Runs the cases on one device; returns (rows, notes, disagreement messages, seconds)."""
     from fastmtl.bench import load_cases
-    from fastmtl.bench.harness import AgreementError, run_case
+    from fastmtl.bench.harness import AgreementError, default_out_dir, run_case
+    from fastmtl.bench.progress import Progress, load_history
 
-    cases = [c for op in args.ops for c in load_cases(op, device, args.quick)]
+    cases = [c for op in args.ops for c in load_cases(op, device, args.quick, full=args.full or args.quick)]
+    # Earlier results on this kind of device weigh the cases for the ETA.
+    history = load_history([default_out_dir(), args.out], device, info["device_name"])
+    progress = Progress(device, cases, timing, history, bar=False if args.no_progress else None)
     rows, notes, failures = [], [], []
-    for i, case in enumerate(cases, 1):
-        label = f"{case.op} {case.pass_} {str(case.dtype).replace('torch.', '')} {case.size}"
-        print(f"[{i}/{len(cases)}] {device}: {label}", file=sys.stderr, flush=True)
-        try:
-            rows += run_case(case, timing, info, notes)
-        except AgreementError as e:  # keep going: the other cases are still worth timing
-            print(f"error: {e}", file=sys.stderr)
-            failures.append(str(e))
-    return rows, notes, failures
+    try:
+        for i, case in enumerate(cases, 1):
+            progress.start(i)
+            try:
+                case_rows = run_case(case, timing, info, notes, progress=progress.step)
+            except AgreementError as e:  # keep going: the other cases are still worth timing
+                progress.finish(i, error=str(e))
+                failures.append(str(e))
+                continue
+            rows += case_rows
+            progress.finish(i, case_rows)
+    finally:
+        progress.close()
+    return rows, notes, failures, progress.seconds
 
 
 def _bench(args) -> int:
@@ -151,7 +172,7 @@ def _bench(args) -> int:
     failed = False
     for device in devices:
         info = machine_info(device)
-        rows, notes, failures = _bench_device(args, device, timing, info)
+        rows, notes, failures, seconds = _bench_device(args, device, timing, info)
         failed |= bool(failures)
         print(
             f"\n{info['device_name']} ({device}, {info['threads']} threads), torch {info['torch']}, "
@@ -170,6 +191,7 @@ def _bench(args) -> int:
                 "platform": platform.platform(),
                 "notes": notes,
                 "failures": failures,
+                "seconds": round(seconds, 1),
             }
             csv_path, json_path = write_results(rows, out_dir, device, meta)
             print(f"wrote {csv_path} and {json_path}")
