@@ -13,13 +13,19 @@ SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.c
 # ccache's compiler links, when installed, make rebuilds from a clean clone fast.
 CCACHE_PATH := $(if $(wildcard /usr/lib/ccache),/usr/lib/ccache:,)
 
-.PHONY: test bench build lint cmake clean gpu-check
+.PHONY: test bench readme build lint cmake clean gpu-check
 
 test: $(VENV)/.built
 	$(PY) -m pytest -q tests
 
+# A representative subset, a few minutes on 2 cores; `make bench BENCH_ARGS=--full` for every case.
 bench: $(VENV)/.built
-	$(VENV)/bin/fastmtl bench
+	$(VENV)/bin/fastmtl bench $(BENCH_ARGS)
+
+# README's benchmark tables and demo figures from the committed results files they name
+# (tools/readme_tables.py, standard library only: no venv needed).
+readme:
+	$(PYTHON) tools/readme_tables.py
 
 build: $(VENV)/.built
 

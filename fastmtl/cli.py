@@ -1,12 +1,17 @@
 """The ``fastmtl`` command line.
 
-``fastmtl bench [--ops box_iou ...] [--device cpu|cuda|all] [--quick] [--out DIR]`` times the
-registered op families against their alternatives, prints a table per device and writes CSV
-and JSON results. Exit status: 0 on success, 1 when providers disagree, 2 on a usage error.
+``fastmtl bench [--ops box_iou ...] [--device cpu|cuda|all] [--full | --quick] [--out DIR]`` times
+the registered op families against their alternatives, prints a table per device and writes CSV
+and JSON results. By default it runs a representative subset of the cases (a few minutes on a
+2-core CPU); ``--full`` runs them all, ``--quick`` small sizes only (a smoke test). Progress goes
+to stderr: a bar with an ETA on a terminal, one line per case otherwise. Exit status: 0 on
+success, 1 when providers disagree, 2 on a usage error.
 
-``fastmtl demo detection [--steps N] [--out DIR] [--device cpu|cuda] [--proposals rpn|fixed] [--seed S]``
-trains the two-stage detector on the synthetic shapes, prints mAP against a random baseline and
-saves a picture of detections and a loss plot.
+``fastmtl demo detection [--steps N] [--out DIR] [--device cpu|cuda] [--proposals rpn|fixed] [--seed S]
+[--results-json PATH]`` trains the two-stage detector on the synthetic shapes, prints mAP against a
+random baseline and saves a picture of detections and a loss plot; ``--results-json`` also writes
+the figures with the configuration, machine and git revision (README's demo figures are made from
+``docs/results/demo-detection.json`` by tools/readme_tables.py).
 
 ``fastmtl demo style-transfer [--content chelsea] [--style immunohistochemistry] [--size 128]
 [--steps N] [--optimizer lbfgs|adam] [--weights VGG.pth] [--out DIR]`` paints the content photo
@@ -42,12 +47,21 @@ def _parser() -> argparse.ArgumentParser:
         default="all",
         help="'all' (default): the CPU, and CUDA when available",
     )
-    bench.add_argument(
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument(
+        "--full", action="store_true", help="every case (default: a representative subset, a few minutes)"
+    )
+    size.add_argument(
         "--quick", action="store_true", help="small sizes, short budgets, no torch.compile (a smoke test)"
     )
     out_help = "results directory (default: benchmarks/results/ of a checkout, else ./fastmtl-bench-results)"
     bench.add_argument("--out", default=None, help=out_help)
     bench.add_argument("--budget", type=float, default=None, help="seconds of timed calls per provider")
+    bench.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="plain progress lines even on a terminal (the default without one, as in CI logs)",
+    )
     _add_demo(sub)
     return parser
 
@@ -76,6 +90,13 @@ def _add_demo(sub) -> None:
         help="torch CPU threads (default 1: fastest for this small model on a busy CPU; 0: torch's default)",
     )
     det.add_argument("--no-progress", action="store_true", help="no progress bar")
+    det.add_argument(
+        "--results-json",
+        default=None,
+        metavar="PATH",
+        help="also write mAP, times, configuration, machine and git revision as JSON "
+        "(docs/results/demo-detection.json is what README's figures are made from)",
+    )
     _add_style_demo(pipelines)
 
 
@@ -114,21 +135,30 @@ def _quiet_compile() -> None:
 
 
 def _bench_device(args, device: str, timing, info: dict) -> tuple:
-    """Runs every case on one device; returns (rows, notes, disagreement messages)."""
+    """Runs the cases on one device; returns (rows, notes, disagreement messages, seconds)."""
     from fastmtl.bench import load_cases
-    from fastmtl.bench.harness import AgreementError, run_case
+    from fastmtl.bench.harness import AgreementError, default_out_dir, run_case
+    from fastmtl.bench.progress import Progress, load_history
 
-    cases = [c for op in args.ops for c in load_cases(op, device, args.quick)]
+    cases = [c for op in args.ops for c in load_cases(op, device, args.quick, full=args.full or args.quick)]
+    # Earlier results on this kind of device weigh the cases for the ETA.
+    history = load_history([default_out_dir(), args.out], device, info["device_name"])
+    progress = Progress(device, cases, timing, history, bar=False if args.no_progress else None)
     rows, notes, failures = [], [], []
-    for i, case in enumerate(cases, 1):
-        label = f"{case.op} {case.pass_} {str(case.dtype).replace('torch.', '')} {case.size}"
-        print(f"[{i}/{len(cases)}] {device}: {label}", file=sys.stderr, flush=True)
-        try:
-            rows += run_case(case, timing, info, notes)
-        except AgreementError as e:  # keep going: the other cases are still worth timing
-            print(f"error: {e}", file=sys.stderr)
-            failures.append(str(e))
-    return rows, notes, failures
+    try:
+        for i, case in enumerate(cases, 1):
+            progress.start(i)
+            try:
+                case_rows = run_case(case, timing, info, notes, progress=progress.step)
+            except AgreementError as e:  # keep going: the other cases are still worth timing
+                progress.finish(i, error=str(e))
+                failures.append(str(e))
+                continue
+            rows += case_rows
+            progress.finish(i, case_rows)
+    finally:
+        progress.close()
+    return rows, notes, failures, progress.seconds
 
 
 def _bench(args) -> int:
@@ -151,7 +181,7 @@ def _bench(args) -> int:
     failed = False
     for device in devices:
         info = machine_info(device)
-        rows, notes, failures = _bench_device(args, device, timing, info)
+        rows, notes, failures, seconds = _bench_device(args, device, timing, info)
         failed |= bool(failures)
         print(
             f"\n{info['device_name']} ({device}, {info['threads']} threads), torch {info['torch']}, "
@@ -170,13 +200,55 @@ def _bench(args) -> int:
                 "platform": platform.platform(),
                 "notes": notes,
                 "failures": failures,
+                "seconds": round(seconds, 1),
             }
             csv_path, json_path = write_results(rows, out_dir, device, meta)
             print(f"wrote {csv_path} and {json_path}")
     return 1 if failed else 0
 
 
-def _demo_detection(args) -> int:
+def write_detection_results(path, config, result, seconds: float, command: str) -> None:
+    """Writes a detection demo's figures, configuration, machine and git revision as JSON."""
+    import dataclasses
+    import json
+    import os
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from fastmtl.bench.harness import machine_info
+    from fastmtl.pipelines.detection import DetectionConfig
+
+    def outcome(c):  # the fields that change the figures (not where or how they are shown)
+        return {k: v for k, v in dataclasses.asdict(c).items() if k not in ("out_dir", "progress")}
+
+    machine = machine_info(config.device)
+    machine["threads"] = config.num_threads or torch.get_num_threads()
+    affinity = getattr(os, "sched_getaffinity", None)
+    machine["cpu_count"] = len(affinity(0)) if affinity else os.cpu_count()
+    doc = {
+        "demo": "detection",
+        "command": command,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "defaults": outcome(config) == outcome(DetectionConfig()),
+        "config": outcome(config),
+        "map50": result.map50,
+        "map50_95": result.map50_95,
+        "baseline_map50": result.baseline_map50,
+        "class_ap50": result.class_ap50,
+        "train_seconds": round(result.train_seconds, 1),
+        "seconds": round(seconds, 1),
+        "final_loss": result.history[-1]["total"],
+        "machine": machine,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def _demo_detection(args, argv: Optional[list] = None) -> int:
+    import shlex
+    import time
+
     from fastmtl.pipelines.detection import DetectionConfig, train_detector
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -195,7 +267,9 @@ def _demo_detection(args) -> int:
         progress=not args.no_progress,
         **overrides,
     )
+    start = time.perf_counter()
     result = train_detector(config)
+    seconds = time.perf_counter() - start
     first, last = result.history[0]["total"], result.history[-1]["total"]
     print(
         f"trained {len(result.history)} steps in {result.train_seconds:.0f} s; loss {first:.3f} -> {last:.3f}"
@@ -206,6 +280,10 @@ def _demo_detection(args) -> int:
     )
     print("AP@0.5 per class: " + ", ".join(f"{k} {v:.3f}" for k, v in result.class_ap50.items()))
     print(f"wrote {result.detections_png} and {result.loss_png}")
+    if args.results_json:
+        command = shlex.join(["fastmtl", *(argv if argv is not None else sys.argv[1:])])
+        write_detection_results(args.results_json, config, result, seconds, command)
+        print(f"wrote {args.results_json}")
     return 0
 
 
@@ -242,7 +320,7 @@ def main(argv: Optional[list] = None) -> int:
     if args.command == "bench":
         return _bench(args)
     if args.command == "demo" and args.pipeline == "detection":
-        return _demo_detection(args)
+        return _demo_detection(args, argv)
     if args.command == "demo" and args.pipeline == "style-transfer":
         return _demo_style_transfer(args)
     return 2

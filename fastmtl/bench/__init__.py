@@ -2,7 +2,8 @@
 
 Each op family has a module with ``cases(device, quick) -> list[Case]`` (see
 :mod:`fastmtl.bench.harness`), or another function named as ``"module:function"``; add it to
-:data:`REGISTRY` and the CLI finds it. The registry
+:data:`REGISTRY` and the CLI finds it. A case
+marked ``full_only`` runs only with ``--full``. The registry
 holds module names, imported only when that family runs, so ``fastmtl --help`` does not
 import torchvision or torch.compile's machinery.
 """
@@ -21,9 +22,14 @@ REGISTRY = {
 }
 
 
-def load_cases(op: str, device: str, quick: bool = False) -> list:
-    """The cases of one registered op family on ``device`` ("cpu" or "cuda")."""
+def load_cases(op: str, device: str, quick: bool = False, full: bool = True) -> list:
+    """The cases of one registered op family on ``device`` ("cpu" or "cuda").
+
+    ``full=False`` leaves out the cases marked ``full_only`` (the default ``fastmtl bench``
+    runs a representative subset; ``--full`` runs them all).
+    """
     if op not in REGISTRY:
         raise KeyError(f"unknown benchmark {op!r}; registered: {sorted(REGISTRY)}")
     module, _, function = REGISTRY[op].partition(":")
-    return getattr(importlib.import_module(module), function or "cases")(device, quick)
+    cases = getattr(importlib.import_module(module), function or "cases")(device, quick)
+    return [c for c in cases if full or not getattr(c, "full_only", False)]

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 import fastmtl.ops
-from fastmtl.bench.harness import Case, fwd_bwd, peak_bandwidth_gbs
+from fastmtl.bench.harness import Case, fwd_bwd, mark_full_only, peak_bandwidth_gbs
 
 try:
     import torchvision.ops as tv_ops
@@ -191,6 +191,8 @@ def cases(device: str = "cpu", quick: bool = False, *, use_compile: Optional[boo
     """All IoU-family cases on ``device``; ``quick``: small sizes and no torch.compile.
 
     torch.compile is left out of ``quick`` because it compiles a graph per case (seconds each).
+    The default run (not ``--full``) keeps ``box_iou`` forward at each size, the GIoU forward +
+    backward at the smaller size and the CIoU loss.
     """
     use_compile = not quick if use_compile is None else use_compile
     n_by_kind = sizes(device, quick)
@@ -203,4 +205,15 @@ def cases(device: str = "cpu", quick: bool = False, *, use_compile: Optional[boo
     ]
     out += [pairwise_backward_case(op, n, device) for op in BACKWARD_OPS for n in n_by_kind["bwd"]]
     out += [loss_case(op, n, device, use_compile=use_compile) for op in LOSSES for n in n_by_kind["loss"]]
-    return [c for c in out if c is not None]
+    out = [c for c in out if c is not None]
+    if quick:
+        return out
+    small_bwd = f"{min(n_by_kind['bwd'])}x{min(n_by_kind['bwd'])}"
+    return mark_full_only(
+        out,
+        lambda c: (
+            (c.op == "box_iou" and c.pass_ == "fwd")
+            or (c.op == "generalized_box_iou" and c.pass_ == "fwd+bwd" and c.size == small_bwd)
+            or c.op == "ciou_loss"
+        ),
+    )

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import fastmtl.ops
-from fastmtl.bench.harness import Case, fwd_bwd
+from fastmtl.bench.harness import Case, fwd_bwd, mark_full_only
 
 __all__ = [
     "STYLE_WEIGHT",
@@ -151,7 +151,11 @@ def sizes(device: str, quick: bool) -> dict:
 
 
 def cases(device: str = "cpu", quick: bool = False, *, use_compile: Optional[bool] = None) -> list:
-    """The style-loss cases (and Gram forward rows) on ``device``; quick leaves torch.compile out."""
+    """The style-loss cases (and Gram forward rows) on ``device``; quick leaves torch.compile out.
+
+    The default run (not ``--full``) keeps the style loss of one image at each side and the
+    Gram matrix of conv3_1 (256 channels) at the smaller size.
+    """
     use_compile = not quick if use_compile is None else use_compile
     by_kind = sizes(device, quick)
     dtypes = (torch.float32, torch.bfloat16) if torch.device(device).type == "cuda" else (torch.float32,)
@@ -165,4 +169,10 @@ def cases(device: str = "cpu", quick: bool = False, *, use_compile: Optional[boo
         for side, batch in by_kind["gram"]
         for layer in range(len(VGG19_STYLE_LAYERS))
     ]
-    return out
+    if quick:
+        return out
+    side, batch = by_kind["gram"][0]
+    gram_default = f"conv3_1-256x{side // 4}x{side // 4}-x{batch}"
+    return mark_full_only(
+        out, lambda c: c.size.endswith("-x1") if c.op == "style_loss" else c.size == gram_default
+    )

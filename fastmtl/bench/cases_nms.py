@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 import fastmtl.ops
-from fastmtl.bench.harness import Case
+from fastmtl.bench.harness import Case, mark_full_only
 
 try:
     import torchvision.ops as tv_ops
@@ -153,8 +153,17 @@ def sizes(device: str, quick: bool) -> dict:
 
 
 def cases(device: str = "cpu", quick: bool = False) -> list:
-    """All NMS cases on ``device``; ``quick``: 500 boxes."""
+    """All NMS cases on ``device``; ``quick``: 500 boxes.
+
+    The default run (not ``--full``) keeps ``nms`` of the fewest and the most dense boxes and
+    ``batched_nms`` of the most.
+    """
     n_by_kind = sizes(device, quick)
     out = [nms_case(n, layout, device) for layout in LAYOUTS for n in n_by_kind["nms"]]
     out += [batched_nms_case(n, device) for n in n_by_kind["batched"]]
-    return [c for c in out if c is not None]
+    out = [c for c in out if c is not None]
+    if quick:
+        return out
+    nms_sizes = {f"{n}-dense" for n in (min(n_by_kind["nms"]), max(n_by_kind["nms"]))}
+    batched_size = f"{max(n_by_kind['batched'])}-dense-{NUM_CLASSES}cls"
+    return mark_full_only(out, lambda c: c.size in (nms_sizes if c.op == "nms" else {batched_size}))

@@ -10,7 +10,7 @@ import functools
 import torch
 
 import fastmtl.ops
-from fastmtl.bench.harness import Case, fwd_bwd
+from fastmtl.bench.harness import Case, fwd_bwd, mark_full_only
 
 try:
     import torchvision.ops as tv_ops
@@ -77,20 +77,27 @@ def roi_case(
     )
 
 
+def _in_default(case: Case, rois: tuple) -> bool:
+    """The default run's rows: forward on the fewest rois, forward + backward on the most,
+    sampling ratio 2 (not ``--full``)."""
+    k = min(rois) if case.pass_ == "fwd" else max(rois)
+    return f"-{k}rois" in case.size and not case.size.endswith("-sr-1")
+
+
 def align_cases(device: str = "cpu", quick: bool = False) -> list:
     """roi_align: forward and forward + backward, each sampling ratio and roi count."""
-    return [
+    rois = sizes(device, quick)["rois"]
+    out = [
         roi_case("roi_align", k, device, pass_=p, quick=quick, sampling_ratio=sr)
         for p in ("fwd", "fwd+bwd")
         for sr in SAMPLING_RATIOS
-        for k in sizes(device, quick)["rois"]
+        for k in rois
     ]
+    return out if quick else mark_full_only(out, lambda c: _in_default(c, rois))
 
 
 def pool_cases(device: str = "cpu", quick: bool = False) -> list:
     """roi_pool: forward and forward + backward, each roi count."""
-    return [
-        roi_case("roi_pool", k, device, pass_=p, quick=quick)
-        for p in ("fwd", "fwd+bwd")
-        for k in sizes(device, quick)["rois"]
-    ]
+    rois = sizes(device, quick)["rois"]
+    out = [roi_case("roi_pool", k, device, pass_=p, quick=quick) for p in ("fwd", "fwd+bwd") for k in rois]
+    return out if quick else mark_full_only(out, lambda c: _in_default(c, rois))

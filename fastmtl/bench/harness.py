@@ -36,6 +36,7 @@ __all__ = [
     "format_table",
     "fwd_bwd",
     "machine_info",
+    "mark_full_only",
     "peak_bandwidth_gbs",
     "run_case",
     "write_results",
@@ -73,7 +74,8 @@ class Case:
     A provider named in ``optional`` may fail on its first call (torch.compile without a
     working compiler): it is then skipped with a note instead of failing the run.
     ``extra_fn(output, median_ms, info) -> dict`` fills a row's ``extra`` column (e.g.
-    achieved bandwidth).
+    achieved bandwidth). ``full_only``: a row that only ``fastmtl bench --full`` runs (see
+    :func:`mark_full_only`).
     """
 
     op: str
@@ -86,6 +88,7 @@ class Case:
     rtol: float = 1e-5
     optional: frozenset = frozenset()
     extra_fn: Optional[Callable] = None
+    full_only: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -100,6 +103,18 @@ class Timing:
     warmup_s: float = 0.2
     min_repeats: int = 3
     max_repeats: int = 1000
+
+
+def mark_full_only(cases: list, in_default: Callable[[Case], bool]) -> list:
+    """Marks the cases that ``in_default`` rejects as ``full_only``; returns ``cases``.
+
+    The default ``fastmtl bench`` keeps a representative subset, one or two rows per op family
+    and size class, so that it stays a few minutes long as families are added; ``--full``
+    (and ``--quick``, whose cases are all small) runs every case.
+    """
+    for case in cases:
+        case.full_only = not in_default(case)
+    return cases
 
 
 def fwd_bwd(fn: Callable, grad_out: Optional[torch.Tensor] = None) -> Callable:
@@ -279,15 +294,22 @@ def _stats(times: list) -> dict:
 
 
 def run_case(
-    case: Case, timing: Optional[Timing] = None, info: Optional[dict] = None, notes: Optional[list] = None
+    case: Case,
+    timing: Optional[Timing] = None,
+    info: Optional[dict] = None,
+    notes: Optional[list] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> list:
     """Checks agreement, then times every provider; returns one row (a dict of FIELDS) each.
 
     ``speedup`` is the provider's median over fastmtl's (> 1: fastmtl is faster).
+    ``progress(step)`` is called after each step: ``"check"``, then each provider's name.
     """
     timing = timing or Timing()
     info = info or machine_info(case.device)
     outputs = check_agreement(case, notes)
+    if progress is not None:
+        progress("check")
     rows = []
     for name, out in outputs.items():
         fn = case.providers[name]
@@ -298,6 +320,8 @@ def run_case(
         row["extra"] = case.extra_fn(out, row["median_ms"], info) if case.extra_fn else {}
         row.update(info)
         rows.append(row)
+        if progress is not None:
+            progress(name)
     base = next((r["median_ms"] for r in rows if r["provider"] == BASELINE), None)
     for row in rows:
         row["speedup"] = row["median_ms"] / base if base else None

@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""Regenerates README.md's benchmark tables and quoted figures from committed results files.
+
+README.md holds generated blocks between marker comments::
+
+    <!-- generated:NAME begin (tools/readme_tables.py: edit the results, then make readme) -->
+    ...
+    <!-- generated:NAME end -->
+
+Each NAME is an entry of :data:`BLOCKS` below, which says which committed results file it is
+made from (``benchmarks/results/bench-*.json`` or ``.csv``, as ``fastmtl bench`` writes them;
+``docs/results/demo-*.json`` for the demos) and how to lay it out. Only the text between the
+markers changes; running it again on the same results changes nothing. A table names its file,
+machine, torch and git revision in a line above it. A demo block whose file is not committed
+yet is left as it is (and reported).
+
+To change a table: commit the new results file (``fastmtl bench --full --ops ...`` writes it to
+``benchmarks/results/``), point the block's ``results`` at it, run ``make readme`` (or
+``python tools/readme_tables.py``). ``--check`` writes nothing and exits 1 when README.md is not
+what the results give; tests/bench/test_readme_tables.py does the same in CI, so a hand edit of
+a generated block fails there.
+
+Only the standard library: it runs without torch or a build.
+"""
+
+import argparse
+import csv
+import json
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+README = "README.md"
+
+
+# ---- the blocks: which results file each is made from ---------------------------------------
+
+
+def _times(size: str) -> str:
+    """``1024x1024`` -> ``1024×1024``."""
+    return size.replace("x", "×")
+
+
+def _count(n: str) -> str:
+    """``100000`` -> ``100k``, ``1000`` -> ``1k``, ``500`` -> ``500``."""
+    return f"{int(n) // 1000}k" if int(n) >= 1000 and int(n) % 1000 == 0 else n
+
+
+def iou_row(r: dict) -> tuple:
+    """op, pass, size: ``1024×1024`` pairwise, ``100k pairs`` for the losses."""
+    size = f"{_count(r['size'])} pairs" if r["op"].endswith("_loss") else _times(r["size"])
+    return r["op"], r["pass"], size
+
+
+def nms_row(r: dict) -> tuple:
+    """op, boxes: ``1000-sparse`` -> ``1k sparse``; ``batched_nms`` names its classes."""
+    n, layout, *classes = r["size"].split("-")  # 10000-dense-80cls
+    op = r["op"] + (f", {classes[0].removesuffix('cls')} classes" if classes else "")
+    return op, f"{_count(n)} {layout}"
+
+
+def batch_nms_row(r: dict) -> tuple:
+    """op, size: ``16×5000, 1 class, sparse, top100``; ``1000 dense, Gaussian`` for soft_nms."""
+    if r["op"] == "soft_nms":  # 1000-gaussian; cases_multiclass_nms.soft_nms_case's boxes are dense
+        n, method = r["size"].split("-")
+        return r["op"], f"{n} dense, {'Gaussian' if method == 'gaussian' else method}"
+    shape, classes, layout, top = r["size"].split("-")  # 16x5000-1cls-sparse-top100
+    c = int(classes.removesuffix("cls"))
+    return r["op"], f"{_times(shape)}, {'1 class' if c == 1 else f'{c} classes'}, {layout}, {top}"
+
+
+def roi_row(r: dict) -> tuple:
+    """op, pass, ROIs: ``2x256x64x64-256rois-sr2`` -> ``roi_align, sr 2``, ``256``."""
+    m = re.fullmatch(r"[\dx]+-(\d+)rois(?:-sr(-?\d+))?", r["size"])
+    return r["op"] + (f", sr {m[2]}" if m[2] else ""), r["pass"], m[1]
+
+
+def style_row(r: dict) -> tuple:
+    """size, batch: ``512px-x8`` -> ``512×512``, ``8``."""
+    side, batch = re.fullmatch(r"(\d+)px-x(\d+)", r["size"]).groups()
+    return f"{side}×{side}", batch
+
+
+@dataclass(frozen=True)
+class Table:
+    """A Markdown table of ``ops``' rows in ``results``, with a line naming the run above it.
+
+    Rows come in the file's order (``by_op``: grouped by op in the order of ``ops``);
+    ``label(row) -> cells`` makes the first ``columns``; then one column per provider:
+    fastmtl's median ms, the others' as ``ms (N×)`` with N fastmtl's speedup, empty where the
+    provider has no row.
+    """
+
+    results: str
+    ops: tuple
+    columns: tuple
+    label: Callable
+    providers: tuple
+    by_op: bool = False
+
+
+@dataclass(frozen=True)
+class SpeedupRange:
+    """Inline ``lo–hi×``: the range of fastmtl's speedups over ``providers`` on ``ops``' rows."""
+
+    results: str
+    ops: tuple
+    providers: tuple
+
+
+@dataclass(frozen=True)
+class DetectionDemo:
+    """Inline sentence with the figures of a ``fastmtl demo detection --results-json`` file.
+
+    Optional: while the file is not committed, the block keeps the text it has.
+    """
+
+    results: str
+    optional: bool = field(default=True)
+
+
+BLOCKS = {
+    "bench-cpu-iou": Table(
+        results="benchmarks/results/bench-cpu-20261123T105554Z.json",
+        ops=("box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou")
+        + ("giou_loss", "diou_loss", "ciou_loss"),
+        columns=("op", "pass", "size"),
+        label=iou_row,
+        providers=("fastmtl", "torchvision", "eager", "compile"),
+    ),
+    "bench-cpu-nms": Table(
+        results="benchmarks/results/bench-cpu-20261123T112335Z.json",
+        ops=("nms", "batched_nms"),
+        columns=("op", "boxes"),
+        label=nms_row,
+        providers=("fastmtl", "torchvision", "eager", "loop"),
+    ),
+    "bench-cpu-batch-nms": Table(
+        results="benchmarks/results/bench-cpu-20261123T135934Z.json",
+        ops=("multiclass_nms", "soft_nms"),
+        columns=("op", "size"),
+        label=batch_nms_row,
+        providers=("fastmtl", "torchvision", "loop", "eager"),
+    ),
+    "bench-cpu-roi": Table(
+        results="benchmarks/results/bench-cpu-20261123T135450Z.json",
+        ops=("roi_align", "roi_pool"),
+        columns=("op", "pass", "ROIs"),
+        label=roi_row,
+        providers=("fastmtl", "torchvision"),
+        by_op=True,
+    ),
+    "bench-cpu-style": Table(
+        results="benchmarks/results/bench-cpu-20261123T135934Z.json",
+        ops=("style_loss",),
+        columns=("size", "batch"),
+        label=style_row,
+        providers=("fastmtl", "eager", "compile"),
+    ),
+    "bench-cpu-gram-speedup": SpeedupRange(
+        results="benchmarks/results/bench-cpu-20261123T135934Z.json",
+        ops=("gram_matrix",),
+        providers=("bmm", "compile"),
+    ),
+    "demo-detection": DetectionDemo(results="docs/results/demo-detection.json"),
+}
+
+BASELINE = "fastmtl"
+
+
+# ---- reading results ------------------------------------------------------------------------
+
+
+def load_rows(path: Path) -> tuple:
+    """(rows, created) of a ``fastmtl bench`` results file, ``.json`` or ``.csv``.
+
+    ``created`` is the JSON's ``created_utc``, or the UTC time in a ``bench-*-<time>.csv`` name.
+    """
+    if path.suffix == ".json":
+        doc = json.loads(path.read_text())
+        return doc["rows"], doc.get("created_utc")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for key in ("median_ms", "speedup"):
+            r[key] = float(r[key]) if r.get(key) not in (None, "") else None
+    m = re.search(r"(\d{8}T\d{6}Z)", path.name)
+    created = datetime.strptime(m[1], "%Y%m%dT%H%M%SZ").isoformat() + "+00:00" if m else None
+    return rows, created
+
+
+def _ms(x: float) -> str:
+    # As fastmtl.bench.harness._ms (not imported: that would import torch).
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 1 else f"{x:.3f}"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.0f}×" if x >= 100 else f"{x:.1f}×"
+
+
+def _one_of(rows: list, key: str) -> str:
+    return ", ".join(dict.fromkeys(str(r.get(key)) for r in rows))
+
+
+def source_line(results: str, rows: list, created: Optional[str], width: int = 100) -> str:
+    """``Results: `file` (2026-11-23 10:55 UTC): AMD EPYC (cpu, 2 threads), torch ..., rev ...``."""
+    when = f" ({created[:10]} {created[11:16]} UTC)" if created else ""
+    text = (
+        f"Results: `{results}`{when}: {_one_of(rows, 'device_name')} ({_one_of(rows, 'device')}, "
+        f"{_one_of(rows, 'threads')} threads), torch {_one_of(rows, 'torch')}, "
+        f"fastmtl {_one_of(rows, 'fastmtl')} at rev {_one_of(rows, 'git_rev')}."
+    )
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False))
+
+
+def _cases(rows: list, ops: tuple, by_op: bool = False) -> list:
+    """``[(first row, {provider: row})]`` of ``ops``' cases in the file's order (``by_op``: by op)."""
+    by_case = {}
+    for r in rows:
+        if r["op"] in ops:
+            by_case.setdefault((r["op"], r["pass"], r["dtype"], r["size"]), {})[r["provider"]] = r
+    cases = [(next(iter(c.values())), c) for c in by_case.values()]
+    return sorted(cases, key=lambda x: ops.index(x[0]["op"])) if by_op else cases
+
+
+def _speedup(r: dict, base: dict) -> float:
+    return r["speedup"] if r.get("speedup") is not None else r["median_ms"] / base["median_ms"]
+
+
+def render_table(name: str, block: Table, root: Path) -> str:
+    rows, created = load_rows(root / block.results)
+    cases = _cases(rows, block.ops, block.by_op)
+    if not cases:
+        raise ValueError(f"{name}: no rows of {', '.join(block.ops)} in {block.results}")
+    head = [*block.columns, *(f"{p} ms" for p in block.providers)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    used = []
+    for first, by_provider in cases:
+        base = by_provider.get(BASELINE)
+        if base is None:
+            raise ValueError(
+                f"{name}: {first['op']} {first['size']} has no {BASELINE} row in {block.results}"
+            )
+        cells = list(block.label(first)) + [_ms(base["median_ms"])]
+        for p in block.providers[1:]:
+            r = by_provider.get(p)
+            cells.append("" if r is None else f"{_ms(r['median_ms'])} ({_ratio(_speedup(r, base))})")
+        lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
+        used += by_provider.values()
+    # Blank lines around the table: a marker line right below it would read as one more row.
+    return "\n\n" + source_line(block.results, used, created) + "\n\n" + "\n".join(lines) + "\n\n"
+
+
+def render_speedup_range(name: str, block: SpeedupRange, root: Path) -> str:
+    rows, _ = load_rows(root / block.results)
+    speedups = [
+        _speedup(r, by_provider[BASELINE])
+        for _, by_provider in _cases(rows, block.ops)
+        for p, r in by_provider.items()
+        if p in block.providers and BASELINE in by_provider
+    ]
+    if not speedups:
+        raise ValueError(f"{name}: no rows of {', '.join(block.ops)} vs {block.providers} in {block.results}")
+    return f"{min(speedups):.1f}–{max(speedups):.1f}×"
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
+
+def render_detection_demo(name: str, block: DetectionDemo, root: Path) -> str:
+    """The sentence of figures, from the JSON ``fastmtl demo detection --results-json`` writes.
+
+    An optional ``"note"`` added to the file by hand (e.g. ``"while the machine was busy"``)
+    follows the machine.
+    """
+    doc = json.loads((root / block.results).read_text())
+    c, m = doc["config"], doc["machine"]
+    threads = {0: "torch's default threads", 1: "one thread"}.get(
+        c["num_threads"] or 0, f"{c['num_threads']} threads"
+    )
+    run = "Default run" if doc.get("defaults") else f"Run of `{doc['command']}`"
+    cores = f" ({m['cpu_count']} cores)" if m.get("device") == "cpu" and m.get("cpu_count") else ""
+    note = f" {doc['note']}" if doc.get("note") else ""
+    return (
+        f"{run} ({c['steps']} steps, {c['image_size']} px, {threads}): {_duration(doc['seconds'])} on "
+        f"{m['device_name']}{cores}{note}, "
+        f"mAP@0.5 {doc['map50']:.3f} (mAP@[.5:.95] {doc['map50_95']:.3f}) on {c['val_size']} held-out "
+        f"images against {doc['baseline_map50']:.3f} for random boxes "
+        f"(`{block.results}`, {doc['created_utc'][:10]}, torch {m['torch']}, rev {m['git_rev']})."
+    )
+
+
+RENDER = {Table: render_table, SpeedupRange: render_speedup_range, DetectionDemo: render_detection_demo}
+
+
+# ---- README markers ---------------------------------------------------------------------------
+
+MARKER = re.compile(
+    r"(?P<begin><!-- generated:(?P<name>[\w.-]+) begin[^>]*-->)"
+    r"(?P<body>.*?)"
+    r"(?P<end><!-- generated:(?P=name) end -->)",
+    re.DOTALL,
+)
+
+
+def _wrap_inline(text: str, line_start: str, width: int = 100) -> str:
+    """Wraps an inline block's text to ``width``, continuing on lines indented as its first line.
+
+    ``line_start`` is the README text from the start of the line to the block's first character;
+    its indentation (a list item's, within one) is kept.
+    """
+    indent = " " * len(re.match(r"\s*(?:[-*+]\s+|\d+[.)]\s+)?", line_start)[0])
+    first = len(line_start)
+    lines = textwrap.wrap(
+        text,
+        width,
+        initial_indent="x" * first,  # stands for the line's text before the block
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    if lines:
+        lines[0] = lines[0][first:]
+    return "\n".join(lines)
+
+
+def render(text: str, root: Path = ROOT, blocks: Optional[dict] = None) -> tuple:
+    """(new README text, notes): every known block regenerated, the rest of ``text`` unchanged.
+
+    Raises ValueError for a block in ``blocks`` with no markers, or markers of an unknown block.
+    """
+    blocks = BLOCKS if blocks is None else blocks
+    found = [m["name"] for m in MARKER.finditer(text)]
+    unknown = sorted(set(found) - set(blocks))
+    missing = sorted(set(blocks) - set(found))
+    duplicated = sorted({n for n in found if found.count(n) > 1})
+    if unknown or missing or duplicated:
+        raise ValueError(
+            f"README markers: unknown blocks {unknown}, blocks without markers {missing}, "
+            f"blocks marked more than once {duplicated}"
+        )
+    notes = []
+
+    def replace(m: re.Match) -> str:
+        name, block = m["name"], blocks[m["name"]]
+        if getattr(block, "optional", False) and not (root / block.results).exists():
+            notes.append(f"{name}: {block.results} is not there; block left as it is")
+            return m[0]
+        body = RENDER[type(block)](name, block, root)
+        if not isinstance(block, Table):  # an inline block, within a paragraph: wrap it in place
+            line_start = text[text.rfind("\n", 0, m.start()) + 1 : m.start("body")]
+            body = _wrap_inline(body, line_start)
+        return m["begin"] + body + m["end"]
+
+    return MARKER.sub(replace, text), notes
+
+
+def stale_blocks(text: str, new: str) -> list:
+    """Names of the blocks whose text differs between ``text`` and ``new``."""
+    old_bodies = {m["name"]: m["body"] for m in MARKER.finditer(text)}
+    return [m["name"] for m in MARKER.finditer(new) if old_bodies.get(m["name"]) != m["body"]]
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if README.md is stale")
+    parser.add_argument(
+        "--readme", default=str(ROOT / README), help="the README to update (default: the checkout's)"
+    )
+    args = parser.parse_args(argv)
+    path = Path(args.readme)
+    text = path.read_text()
+    try:
+        new, notes = render(text, ROOT)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"readme_tables: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    stale = stale_blocks(text, new)
+    if args.check:
+        if stale:
+            print(
+                f"{path}: generated blocks {', '.join(stale)} differ from what the committed results give; "
+                "run `make readme` (tools/readme_tables.py) instead of editing them by hand",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{path}: generated blocks up to date")
+        return 0
+    if new != text:
+        path.write_text(new)
+    print(f"{path}: {len(stale)} block(s) updated" + (f": {', '.join(stale)}" if stale else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
