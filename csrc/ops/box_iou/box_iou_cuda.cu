@@ -284,9 +284,9 @@ void launch_aligned_backward(const at::Tensor& g, const at::Tensor& b1, const at
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor pairwise_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
+at::Tensor pairwise_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view kind,
                                  double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, false);
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, false);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   auto out = at::empty({boxes1.size(0), boxes2.size(0)},
                        boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
@@ -303,8 +303,8 @@ at::Tensor pairwise_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& box
 std::tuple<at::Tensor, at::Tensor> pairwise_box_iou_backward_cuda(const at::Tensor& grad,
                                                                   const at::Tensor& boxes1,
                                                                   const at::Tensor& boxes2,
-                                                                  int64_t variant, double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, false);
+                                                                  c10::string_view kind, double eps) {
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, false);
   check_box_iou_grad(grad, boxes1, boxes2, false);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous(), g = grad.contiguous();
@@ -318,9 +318,9 @@ std::tuple<at::Tensor, at::Tensor> pairwise_box_iou_backward_cuda(const at::Tens
   return {g1, g2};
 }
 
-at::Tensor aligned_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
+at::Tensor aligned_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view kind,
                                 double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, true);
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, true);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   auto out = at::empty({boxes1.size(0)}, boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
   if (out.numel() == 0) return out;
@@ -336,8 +336,8 @@ at::Tensor aligned_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxe
 std::tuple<at::Tensor, at::Tensor> aligned_box_iou_backward_cuda(const at::Tensor& grad,
                                                                  const at::Tensor& boxes1,
                                                                  const at::Tensor& boxes2,
-                                                                 int64_t variant, double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, true);
+                                                                 c10::string_view kind, double eps) {
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, true);
   check_box_iou_grad(grad, boxes1, boxes2, true);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous(), g = grad.contiguous();

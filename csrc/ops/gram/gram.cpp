@@ -12,6 +12,8 @@
 
 #include <algorithm>
 
+#include "../checks.h"
+
 namespace fastmtl {
 namespace {
 
@@ -59,7 +61,13 @@ void check_gram_grad(const at::Tensor& grad, const at::Tensor& features) {
               grad.scalar_type());
 }
 
-void check_style_args(const at::Tensor& features, const at::Tensor& target_gram, int64_t normalization) {
+gram::Normalization parse_style_normalization(c10::string_view normalization) {
+  static constexpr Choice<gram::Normalization> kNormalizations[] = {{"gatys", gram::kGatys}, {"mse", gram::kMse}};
+  return parse_choice(normalization, "normalization", kNormalizations);
+}
+
+gram::Normalization check_style_args(const at::Tensor& features, const at::Tensor& target_gram,
+                                     c10::string_view normalization) {
   check_gram_features(features);
   const int64_t n = features.size(0), c = features.size(1);
   const bool shape_ok = (target_gram.dim() == 2 && target_gram.size(0) == c && target_gram.size(1) == c) ||
@@ -73,12 +81,11 @@ void check_style_args(const at::Tensor& features, const at::Tensor& target_gram,
               gram_accumulate_type(features.scalar_type()), ", got ", t);
   TORCH_CHECK(target_gram.device() == features.device(), "target_gram must be on the device of features, got ",
               target_gram.device(), " and ", features.device());
-  TORCH_CHECK(normalization == 0 || normalization == 1, "normalization must be 0 (seed) or 1 (mse), got ",
-              normalization);
+  return parse_style_normalization(normalization);
 }
 
-void check_style_grad(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
-                      int64_t normalization) {
+gram::Normalization check_style_grad(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
+                                     c10::string_view normalization) {
   check_gram_features(features);
   const int64_t n = features.size(0), c = features.size(1);
   const auto acc = gram_accumulate_type(features.scalar_type());
@@ -90,8 +97,7 @@ void check_style_grad(const at::Tensor& grad, const at::Tensor& diff, const at::
   TORCH_CHECK(grad.device() == features.device() && diff.device() == features.device(),
               "grad and diff must be on the device of features, got ", grad.device(), ", ", diff.device(),
               " and ", features.device());
-  TORCH_CHECK(normalization == 0 || normalization == 1, "normalization must be 0 (seed) or 1 (mse), got ",
-              normalization);
+  return parse_style_normalization(normalization);
 }
 
 at::ScalarType gram_accumulate_type(at::ScalarType t) {
@@ -190,9 +196,9 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   // features [N, C, H, W] -> [N, C, C] in the dtype of features; divided by C * H * W when normalize.
   m.def("gram_matrix(Tensor features, bool normalize) -> Tensor");
   m.def("_gram_matrix_backward(Tensor grad, Tensor features, bool normalize) -> Tensor");
-  // normalization: 0 seed (J_style of the lecture, unnormalized Gram), 1 mse (normalized Gram, mean
-  // of squares). Returns the per-sample loss [N] and diff = a * Gram - target [N, C, C], both in
-  // float32 for half/bfloat16 features, else their dtype; diff is what the backward needs.
-  m.def("style_loss(Tensor features, Tensor target_gram, int normalization) -> (Tensor, Tensor)");
-  m.def("_style_loss_backward(Tensor grad, Tensor diff, Tensor features, int normalization) -> Tensor");
+  // normalization: "gatys" (J_style of the lecture, unnormalized Gram) or "mse" (normalized Gram,
+  // mean of squares). Returns the per-sample loss [N] and diff = a * Gram - target [N, C, C], both
+  // in float32 for half/bfloat16 features, else their dtype; diff is what the backward needs.
+  m.def("style_loss(Tensor features, Tensor target_gram, str normalization) -> (Tensor, Tensor)");
+  m.def("_style_loss_backward(Tensor grad, Tensor diff, Tensor features, str normalization) -> Tensor");
 }

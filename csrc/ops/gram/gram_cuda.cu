@@ -145,8 +145,8 @@ at::Tensor gram_matrix_backward_cuda(const at::Tensor& grad, const at::Tensor& f
 }
 
 std::tuple<at::Tensor, at::Tensor> style_loss_cuda(const at::Tensor& features, const at::Tensor& target_gram,
-                                                   int64_t normalization) {
-  check_style_args(features, target_gram, normalization);
+                                                   c10::string_view normalization) {
+  const gram::Normalization norm = check_style_args(features, target_gram, normalization);
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
   const auto acc = gram_accumulate_type(features.scalar_type());
@@ -156,21 +156,21 @@ std::tuple<at::Tensor, at::Tensor> style_loss_cuda(const at::Tensor& features, c
   const at::Tensor u = gram_upper(features);
   const at::Tensor t = target_gram.to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES(acc, "style_loss_cuda", [&] {
-    launch_style_forward<scalar_t>(u, t, gram::style_scales(normalization, c, p), diff, loss);
+    launch_style_forward<scalar_t>(u, t, gram::style_scales(norm, c, p), diff, loss);
   });
   return {loss, diff};
 }
 
 at::Tensor style_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
-                                    int64_t normalization) {
-  check_style_grad(grad, diff, features, normalization);
+                                    c10::string_view normalization) {
+  const gram::Normalization norm = check_style_grad(grad, diff, features, normalization);
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
   const auto acc = gram_accumulate_type(features.scalar_type());
   auto m = at::empty({n, c, c}, diff.options());
   if (features.numel() == 0) return symmetric_times_features(m, features);
   const at::Tensor g = grad.contiguous(), d = diff.contiguous();
-  const gram::StyleScales k = gram::style_scales(normalization, c, p);
+  const gram::StyleScales k = gram::style_scales(norm, c, p);
   AT_DISPATCH_FLOATING_TYPES(acc, "style_loss_backward_cuda", [&] {
     launch_symmetrize<scalar_t>(d, g.const_data_ptr<scalar_t>(), 2.0 * k.s * k.a, m);
   });

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "../../kernels/nms.h"
+#include "../checks.h"
 
 namespace fastmtl {
 
@@ -61,13 +62,19 @@ void check_multiclass_nms_args(const at::Tensor& boxes, const at::Tensor& scores
   TORCH_CHECK(max_detections >= 0, "max_detections must be >= 0, got ", max_detections);
 }
 
-void check_soft_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
-                         double iou_threshold, double sigma, double score_threshold, int64_t method) {
+nms::SoftMethod parse_soft_nms_method(c10::string_view method) {
+  static constexpr Choice<nms::SoftMethod> kMethods[] = {{"linear", nms::kLinear}, {"gaussian", nms::kGaussian}};
+  return parse_choice(method, "method", kMethods);
+}
+
+nms::SoftMethod check_soft_nms_args(const at::Tensor& boxes, const at::Tensor& scores,
+                                    const std::optional<at::Tensor>& idxs, double iou_threshold, double sigma,
+                                    double score_threshold, c10::string_view method) {
   check_nms_args(boxes, scores, idxs ? &*idxs : nullptr, iou_threshold);
-  TORCH_CHECK(method == nms::kLinear || method == nms::kGaussian,
-              "method must be 0 (linear) or 1 (gaussian), got ", method);
+  const nms::SoftMethod decay = parse_soft_nms_method(method);
   TORCH_CHECK(sigma > 0, "sigma must be > 0, got ", sigma);
   TORCH_CHECK(!std::isnan(score_threshold), "score_threshold must not be NaN");
+  return decay;
 }
 
 Detections empty_detections(const at::Tensor& boxes, const at::Tensor& scores,
@@ -90,8 +97,8 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   m.def(
       "multiclass_nms(Tensor boxes, Tensor scores, float iou_threshold, float score_threshold, "
       "int max_detections) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Soft-NMS: kept indices in selection order and their decayed scores. method: 0 linear, 1 gaussian.
+  // Soft-NMS: kept indices in selection order and their decayed scores. method: "linear" or "gaussian".
   m.def(
       "soft_nms(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, float sigma, "
-      "float score_threshold, int method) -> (Tensor, Tensor)");
+      "float score_threshold, str method) -> (Tensor, Tensor)");
 }

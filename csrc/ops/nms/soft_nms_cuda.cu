@@ -67,7 +67,8 @@ __device__ Best<T> block_best(Best<T> mine, Best<T>* warp_best) {
 
 template <typename T>
 struct Params {
-  int64_t n, method;
+  int64_t n;
+  nms::SoftMethod method;
   T iou_threshold, sigma, score_threshold;
 };
 
@@ -113,8 +114,9 @@ __global__ void __launch_bounds__(kThreads)
 
 std::tuple<at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                                                  const std::optional<at::Tensor>& idxs, double iou_threshold,
-                                                 double sigma, double score_threshold, int64_t method) {
-  check_soft_nms_args(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method);
+                                                 double sigma, double score_threshold, c10::string_view method) {
+  const nms::SoftMethod decay =
+      check_soft_nms_args(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const auto b = boxes.contiguous();
@@ -125,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& boxes, const 
   FASTMTL_DISPATCH_BOXES(b.scalar_type(), "soft_nms_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     // Thresholds compare as the doubles they are (see threshold_below), as on the CPU.
-    const Params<T> params{n, method, threshold_below<T>(iou_threshold), static_cast<T>(sigma),
+    const Params<T> params{n, decay, threshold_below<T>(iou_threshold), static_cast<T>(sigma),
                            threshold_at_or_above<T>(score_threshold)};
     // Scores are decayed in the boxes' compute type, in a copy.
     auto work = scores.to(c10::CppTypeToScalarType<T>::value, /*non_blocking=*/false, /*copy=*/true).contiguous();
