@@ -1,6 +1,8 @@
 #pragma once
 // Argument checks shared by the op families. Every message names the argument, says what was
 // expected and what came.
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
@@ -8,6 +10,21 @@
 #include <string>
 
 namespace fastmtl {
+
+// The floating dtypes the kernels take: float32, float64, float16 and bfloat16.
+inline bool is_kernel_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// "<name> must be float32, float64, float16 or bfloat16, got <dtype>" unless it is one of them.
+inline void check_kernel_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(is_kernel_float(t.scalar_type()), name, " must be float32, float64, float16 or bfloat16, got ",
+              t.scalar_type());
+}
+
+// The dtype the kernels accumulate in and return half-type results in: float32 for float16 and
+// bfloat16, else the input dtype (at::opmath_type<scalar_t> of the kernels, as a ScalarType).
+inline at::ScalarType accumulate_type(at::ScalarType t) { return at::toOpMathType(t); }
 
 // One allowed value of a string argument and the enum it stands for.
 template <typename E>

@@ -12,9 +12,7 @@ namespace fastmtl {
 static void check_boxes(const at::Tensor& boxes, const char* name) {
   TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, name, " must have shape [N, 4], got ",
               boxes.sizes());
-  const auto t = boxes.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, name,
-              " must be float32, float64, float16 or bfloat16, got ", t);
+  check_kernel_float(boxes, name);
 }
 
 box::Variant parse_box_iou_kind(c10::string_view kind) {
@@ -48,12 +46,8 @@ void check_box_iou_grad(const at::Tensor& grad, const at::Tensor& boxes1, const 
               " and boxes2 ", boxes2.sizes());
   TORCH_CHECK(grad.device() == boxes1.device(), "grad must be on the device of the boxes, got ",
               grad.device(), " and ", boxes1.device());
-  const auto want = box_iou_accumulate_type(boxes1.scalar_type());
+  const auto want = accumulate_type(boxes1.scalar_type());
   TORCH_CHECK(grad.scalar_type() == want, "grad must be ", want, ", got ", grad.scalar_type());
-}
-
-at::ScalarType box_iou_accumulate_type(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
 }  // namespace fastmtl

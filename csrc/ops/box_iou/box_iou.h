@@ -20,7 +20,4 @@ box::Variant check_box_iou_args(const at::Tensor& boxes1, const at::Tensor& boxe
 void check_box_iou_grad(const at::Tensor& grad, const at::Tensor& boxes1, const at::Tensor& boxes2,
                         bool aligned);
 
-// dtype of the outputs: float32 for half and bfloat16 (as torchvision), else the input dtype.
-at::ScalarType box_iou_accumulate_type(at::ScalarType t);
-
 }  // namespace fastmtl

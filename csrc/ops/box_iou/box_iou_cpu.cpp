@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../checks.h"
 #include "../common.h"
 #include "../../kernels/box_math.h"
 #include "box_iou.h"
@@ -171,7 +172,7 @@ at::Tensor pairwise_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxe
                                 double eps) {
   const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, false);
   const int64_t n = boxes1.size(0), m = boxes2.size(0);
-  auto out = at::empty({n, m}, boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
+  auto out = at::empty({n, m}, boxes1.options().dtype(accumulate_type(boxes1.scalar_type())));
   if (n == 0 || m == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "pairwise_box_iou_cpu", [&] {
@@ -209,7 +210,7 @@ at::Tensor aligned_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes
                                double eps) {
   const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, true);
   const int64_t n = boxes1.size(0);
-  auto out = at::empty({n}, boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
+  auto out = at::empty({n}, boxes1.options().dtype(accumulate_type(boxes1.scalar_type())));
   if (n == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "aligned_box_iou_cpu", [&] {

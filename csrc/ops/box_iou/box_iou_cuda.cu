@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "../checks.h"
 #include "../common.h"
 #include "../../kernels/box_math.h"
 #include "box_iou.h"
@@ -35,9 +36,6 @@ using box::BoxGeom;
 constexpr int kThreads = 256;
 constexpr int kRowsPerTile = 32;    // rows of the forward tile whose BoxGeoms sit in shared memory
 constexpr int64_t kGradParts = 64;  // row parts of the column gradient, summed in a fixed order
-constexpr int64_t kMaxBlocks = 1 << 16;  // grid-stride loops take the rest
-
-__host__ __device__ constexpr int64_t blocks_for(int64_t n, int64_t per_block) { return (n + per_block - 1) / per_block; }
 
 // BoxGeom of box i for variant V, its arctangent read from aspect (filled by aspect_kernel;
 // only CIoU reads it, the other variants may pass nullptr).
@@ -61,7 +59,7 @@ __global__ void pairwise_forward_kernel(const scalar_t* __restrict__ b1, const s
                                         at::opmath_type<scalar_t>* __restrict__ out) {
   using T = at::opmath_type<scalar_t>;
   __shared__ BoxGeom<T> rows[kRowsPerTile];
-  const int64_t row_tiles = blocks_for(n, kRowsPerTile);
+  const int64_t row_tiles = ceil_div(n, kRowsPerTile);
   const int64_t row_groups = gridDim.x / col_tiles;
   const int64_t j = (blockIdx.x % col_tiles) * kThreads + threadIdx.x;
   const bool live = j < m;
@@ -212,11 +210,11 @@ template <typename scalar_t, int V>
 void launch_pairwise_forward(const at::Tensor& b1, const at::Tensor& b2, double eps, at::Tensor& out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0), m = b2.size(0);
-  const int64_t col_tiles = blocks_for(m, kThreads), row_tiles = blocks_for(n, kRowsPerTile);
+  const int64_t col_tiles = ceil_div(m, kThreads), row_tiles = ceil_div(n, kRowsPerTile);
   TORCH_CHECK(col_tiles <= INT_MAX, "boxes2 holds ", m, " boxes; at most ", int64_t(INT_MAX) * kThreads,
               " are supported on CUDA");
-  // Row groups fill the grid up to about kMaxBlocks blocks; the blocks of a group loop over its tiles.
-  const int64_t row_groups = std::max<int64_t>(1, std::min(row_tiles, kMaxBlocks / col_tiles));
+  // Row groups fill the grid up to about kMaxGridBlocks blocks; the blocks of a group loop over its tiles.
+  const int64_t row_groups = std::max<int64_t>(1, std::min(row_tiles, kMaxGridBlocks / col_tiles));
   const int64_t blocks = col_tiles * std::min<int64_t>(row_groups, INT_MAX / col_tiles);
   pairwise_forward_kernel<scalar_t, V><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m, col_tiles, static_cast<T>(eps),
@@ -231,7 +229,7 @@ void launch_pairwise_backward(const at::Tensor& g, const at::Tensor& b1, const a
   const int64_t n = b1.size(0), m = b2.size(0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto opmath = b1.options().dtype(c10::CppTypeToScalarType<T>::value);
-  TORCH_CHECK(blocks_for(m, kThreads) <= INT_MAX, "boxes2 holds ", m, " boxes; at most ",
+  TORCH_CHECK(ceil_div(m, kThreads) <= INT_MAX, "boxes2 holds ", m, " boxes; at most ",
               int64_t(INT_MAX) * kThreads, " are supported on CUDA");
   // CIoU: the arctangent of every box once, for both kernels.
   const T* aspect1 = nullptr;
@@ -239,7 +237,7 @@ void launch_pairwise_backward(const at::Tensor& g, const at::Tensor& b1, const a
   at::Tensor aspect;
   if constexpr (V == box::kCIoU) {
     aspect = at::empty({n + m}, opmath);
-    aspect_kernel<scalar_t><<<std::min(blocks_for(n + m, kThreads), kMaxBlocks), kThreads, 0, stream>>>(
+    aspect_kernel<scalar_t><<<grid_stride_blocks(n + m, kThreads), kThreads, 0, stream>>>(
         b1.const_data_ptr<scalar_t>(), n, b2.const_data_ptr<scalar_t>(), m, aspect.mutable_data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     aspect1 = aspect.const_data_ptr<T>();
@@ -247,16 +245,16 @@ void launch_pairwise_backward(const at::Tensor& g, const at::Tensor& b1, const a
   }
   const int64_t parts = std::min(n, kGradParts);
   const at::Tensor partial = at::empty({parts, 4, m}, opmath);
-  pairwise_backward_rows_kernel<scalar_t, V><<<std::min(n, kMaxBlocks), kThreads, 0, stream>>>(
+  pairwise_backward_rows_kernel<scalar_t, V><<<grid_stride_blocks(n, 1), kThreads, 0, stream>>>(
       g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m, aspect1, aspect2,
       static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const dim3 grid(blocks_for(m, kThreads), parts);  // parts <= 64 on y
+  const dim3 grid(ceil_div(m, kThreads), parts);  // parts <= 64 on y
   pairwise_backward_cols_kernel<scalar_t, V><<<grid, kThreads, 0, stream>>>(
       g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m, parts, aspect1,
       aspect2, static_cast<T>(eps), partial.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  sum_parts_kernel<scalar_t><<<blocks_for(m, kThreads), kThreads, 0, stream>>>(
+  sum_parts_kernel<scalar_t><<<ceil_div(m, kThreads), kThreads, 0, stream>>>(
       partial.const_data_ptr<T>(), m, parts, g2.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -265,7 +263,7 @@ template <typename scalar_t, int V>
 void launch_aligned_forward(const at::Tensor& b1, const at::Tensor& b2, double eps, at::Tensor& out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0);
-  aligned_forward_kernel<scalar_t, V><<<blocks_for(n, kThreads), kThreads, 0,
+  aligned_forward_kernel<scalar_t, V><<<ceil_div(n, kThreads), kThreads, 0,
                                         c10::cuda::getCurrentCUDAStream()>>>(
       b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, static_cast<T>(eps),
       out.mutable_data_ptr<T>());
@@ -277,7 +275,7 @@ void launch_aligned_backward(const at::Tensor& g, const at::Tensor& b1, const at
                              at::Tensor& g1, at::Tensor& g2) {
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0);
-  aligned_backward_kernel<scalar_t, V><<<blocks_for(n, kThreads), kThreads, 0,
+  aligned_backward_kernel<scalar_t, V><<<ceil_div(n, kThreads), kThreads, 0,
                                          c10::cuda::getCurrentCUDAStream()>>>(
       g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n,
       static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>(), g2.mutable_data_ptr<scalar_t>());
@@ -289,7 +287,7 @@ at::Tensor pairwise_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& box
   const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, false);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   auto out = at::empty({boxes1.size(0), boxes2.size(0)},
-                       boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
+                       boxes1.options().dtype(accumulate_type(boxes1.scalar_type())));
   if (out.numel() == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "pairwise_box_iou_cuda", [&] {
@@ -322,7 +320,7 @@ at::Tensor aligned_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxe
                                 double eps) {
   const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, true);
   const c10::cuda::CUDAGuard guard(boxes1.device());
-  auto out = at::empty({boxes1.size(0)}, boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
+  auto out = at::empty({boxes1.size(0)}, boxes1.options().dtype(accumulate_type(boxes1.scalar_type())));
   if (out.numel() == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "aligned_box_iou_cuda", [&] {

@@ -28,10 +28,6 @@ constexpr int64_t kMinChunk = 1024;
 
 int64_t block_rows(int64_t c) { return c <= 96 ? c : kGramBlock; }
 
-bool is_gram_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
 // Features as [N, C, P]: a view for contiguous and channels_last tensors (the latter is F^T in
 // memory, which BLAS reads as a transposed operand), a copy for other layouts.
 at::Tensor features_matrix(const at::Tensor& features) {
@@ -46,8 +42,7 @@ bool wants_channels_last(const at::Tensor& features) {
 
 void check_gram_features(const at::Tensor& features) {
   TORCH_CHECK(features.dim() == 4, "features must have shape [N, C, H, W], got ", features.sizes());
-  TORCH_CHECK(is_gram_float(features.scalar_type()),
-              "features must be float32, float64, float16 or bfloat16, got ", features.scalar_type());
+  check_kernel_float(features, "features");
 }
 
 void check_gram_grad(const at::Tensor& grad, const at::Tensor& features) {
@@ -76,9 +71,9 @@ gram::Normalization check_style_args(const at::Tensor& features, const at::Tenso
   TORCH_CHECK(shape_ok, "target_gram must have shape [", c, ", ", c, "] or [", n, ", ", c, ", ", c,
               "] for features ", features.sizes(), ", got ", target_gram.sizes());
   const auto t = target_gram.scalar_type();
-  TORCH_CHECK(t == features.scalar_type() || t == gram_accumulate_type(features.scalar_type()),
+  TORCH_CHECK(t == features.scalar_type() || t == accumulate_type(features.scalar_type()),
               "target_gram must be ", features.scalar_type(), " (the dtype of features) or ",
-              gram_accumulate_type(features.scalar_type()), ", got ", t);
+              accumulate_type(features.scalar_type()), ", got ", t);
   TORCH_CHECK(target_gram.device() == features.device(), "target_gram must be on the device of features, got ",
               target_gram.device(), " and ", features.device());
   return parse_style_normalization(normalization);
@@ -88,7 +83,7 @@ gram::Normalization check_style_grad(const at::Tensor& grad, const at::Tensor& d
                                      c10::string_view normalization) {
   check_gram_features(features);
   const int64_t n = features.size(0), c = features.size(1);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == n, "grad must have shape [", n, "], got ", grad.sizes());
   TORCH_CHECK(diff.dim() == 3 && diff.size(0) == n && diff.size(1) == c && diff.size(2) == c,
               "diff must have shape [", n, ", ", c, ", ", c, "], got ", diff.sizes());
@@ -100,12 +95,8 @@ gram::Normalization check_style_grad(const at::Tensor& grad, const at::Tensor& d
   return parse_style_normalization(normalization);
 }
 
-at::ScalarType gram_accumulate_type(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
-
 at::Tensor gram_upper(const at::Tensor& features) {
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   const int64_t n = features.size(0), c = features.size(1);
   at::Tensor f = features_matrix(features);
   auto u = at::empty({n, c, c}, f.options().dtype(acc));

@@ -23,9 +23,6 @@ gram::Normalization check_style_args(const at::Tensor& features, const at::Tenso
 gram::Normalization check_style_grad(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
                                      c10::string_view normalization);
 
-// Type the kernels accumulate and the style loss returns in: float32 for half and bfloat16.
-at::ScalarType gram_accumulate_type(at::ScalarType t);
-
 // U = F F^T per sample for features [N, C, H, W], as [N, C, C] in the accumulate type, with only
 // the blocks on and above the diagonal computed: every (i, j) with i <= j is valid, the rest is
 // not written. The rows are split in blocks of kGramBlock; block row r multiplies its rows with

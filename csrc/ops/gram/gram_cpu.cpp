@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../../kernels/gram.h"
+#include "../checks.h"
 #include "gram.h"
 
 namespace fastmtl {
@@ -97,7 +98,7 @@ at::Tensor gram_matrix_cpu(const at::Tensor& features, bool normalize) {
 at::Tensor gram_matrix_backward_cpu(const at::Tensor& grad, const at::Tensor& features, bool normalize) {
   check_gram_grad(grad, features);
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   if (features.numel() == 0) return symmetric_times_features(at::empty({n, c, c}, grad.options().dtype(acc)), features);
   const at::Tensor g = grad.to(acc).contiguous();
   auto m = at::empty({n, c, c}, g.options());
@@ -112,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& features, co
                                                   c10::string_view normalization) {
   const gram::Normalization norm = check_style_args(features, target_gram, normalization);
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   auto loss = at::zeros({n}, features.options().dtype(acc));
   auto diff = at::empty({n, c, c}, features.options().dtype(acc));
   if (diff.numel() == 0) return {loss, diff};
@@ -130,7 +131,7 @@ at::Tensor style_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& dif
                                    c10::string_view normalization) {
   const gram::Normalization norm = check_style_grad(grad, diff, features, normalization);
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   auto m = at::empty({n, c, c}, diff.options());
   if (features.numel() == 0) return symmetric_times_features(m, features);
   const at::Tensor g = grad.contiguous(), d = diff.contiguous();

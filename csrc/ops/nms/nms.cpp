@@ -13,20 +13,14 @@
 
 namespace fastmtl {
 
-static bool is_box_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
 void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
                     double iou_threshold) {
   TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [N, 4], got ", boxes.sizes());
   TORCH_CHECK(scores.dim() == 1, "scores must have shape [N], got ", scores.sizes());
   TORCH_CHECK(boxes.size(0) == scores.size(0), "boxes and scores must hold the same number of boxes, got ",
               boxes.size(0), " and ", scores.size(0));
-  TORCH_CHECK(is_box_float(boxes.scalar_type()), "boxes must be float32, float64, float16 or bfloat16, got ",
-              boxes.scalar_type());
-  TORCH_CHECK(is_box_float(scores.scalar_type()), "scores must be float32, float64, float16 or bfloat16, got ",
-              scores.scalar_type());
+  check_kernel_float(boxes, "boxes");
+  check_kernel_float(scores, "scores");
   TORCH_CHECK(boxes.device() == scores.device(), "boxes and scores must be on the same device, got ",
               boxes.device(), " and ", scores.device());
   if (idxs != nullptr) {
@@ -51,10 +45,8 @@ void check_multiclass_nms_args(const at::Tensor& boxes, const at::Tensor& scores
   TORCH_CHECK(!per_class || (scores.dim() == 3 && boxes.size(2) == scores.size(2)),
               "boxes of shape [B, N, C, 4] need scores of shape [B, N, C], got ", boxes.sizes(), " and ",
               scores.sizes());
-  TORCH_CHECK(is_box_float(boxes.scalar_type()), "boxes must be float32, float64, float16 or bfloat16, got ",
-              boxes.scalar_type());
-  TORCH_CHECK(is_box_float(scores.scalar_type()), "scores must be float32, float64, float16 or bfloat16, got ",
-              scores.scalar_type());
+  check_kernel_float(boxes, "boxes");
+  check_kernel_float(scores, "scores");
   TORCH_CHECK(boxes.device() == scores.device(), "boxes and scores must be on the same device, got ",
               boxes.device(), " and ", scores.device());
   TORCH_CHECK(!std::isnan(iou_threshold), "iou_threshold must not be NaN");
