@@ -19,6 +19,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cub/block/block_reduce.cuh>
+
 #include <algorithm>
 #include <climits>
 
@@ -89,18 +91,13 @@ __global__ void aspect_kernel(const scalar_t* __restrict__ b1, int64_t n, const 
   }
 }
 
+// Coordinate-wise sum of two box gradients, for the block reduction of a row.
 template <typename T>
-__device__ T block_sum(T v, T* shared) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  T total = T(0);
-  if (threadIdx.x == 0)
-    for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
-  return total;  // valid in thread 0
-}
+struct BoxSum {
+  __device__ Box<T> operator()(const Box<T>& a, const Box<T>& b) const {
+    return {a.x1 + b.x1, a.y1 + b.y1, a.x2 + b.x2, a.y2 + b.y2};
+  }
+};
 
 // Row i (blocks stride over the rows): grad_boxes1[i] = sum_j g[i, j] * d value(i, j) / d boxes1[i].
 // Row i's BoxGeom once per block; column j's from its corners and its buffered arctangent.
@@ -112,18 +109,23 @@ __global__ void pairwise_backward_rows_kernel(const at::opmath_type<scalar_t>* _
                                               const at::opmath_type<scalar_t>* __restrict__ aspect2,
                                               at::opmath_type<scalar_t> eps, scalar_t* __restrict__ g1) {
   using T = at::opmath_type<scalar_t>;
-  __shared__ T shared[kThreads / 32];
-  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {  // block-uniform: block_sum's barriers are safe
+  using BlockSum = cub::BlockReduce<Box<T>, kThreads>;
+  __shared__ typename BlockSum::TempStorage storage;
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {  // block-uniform: the barriers are safe
     const BoxGeom<T> sa = geom_at<V>(b1, aspect1, i);
     Box<T> acc{T(0), T(0), T(0), T(0)}, ga, gb;
     for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
       box::pair_grad<V>(sa, geom_at<V>(b2, aspect2, j), g[i * m + j], eps, T(0), ga, gb);
       acc.x1 += ga.x1; acc.y1 += ga.y1; acc.x2 += ga.x2; acc.y2 += ga.y2;
     }
-    const T s[4] = {block_sum(acc.x1, shared), block_sum(acc.y1, shared), block_sum(acc.x2, shared),
-                    block_sum(acc.y2, shared)};
-    if (threadIdx.x == 0)
-      for (int k = 0; k < 4; ++k) g1[4 * i + k] = static_cast<scalar_t>(s[k]);
+    const Box<T> s = BlockSum(storage).Reduce(acc, BoxSum<T>{});  // valid in thread 0
+    if (threadIdx.x == 0) {
+      g1[4 * i] = static_cast<scalar_t>(s.x1);
+      g1[4 * i + 1] = static_cast<scalar_t>(s.y1);
+      g1[4 * i + 2] = static_cast<scalar_t>(s.x2);
+      g1[4 * i + 3] = static_cast<scalar_t>(s.y2);
+    }
+    __syncthreads();  // storage is reused by the next row
   }
 }
 

@@ -11,6 +11,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cub/block/block_reduce.cuh>
+
 #include <algorithm>
 #include <tuple>
 
@@ -52,7 +54,8 @@ __global__ void symmetrize_kernel(const T* __restrict__ d, const T* __restrict__
 template <typename T>
 __global__ void style_rows_kernel(const T* __restrict__ u, const T* __restrict__ target, int64_t target_stride,
                                   int64_t c, T a, T* __restrict__ diff, T* __restrict__ rows) {
-  __shared__ T shared[kThreads / 32];
+  using BlockSum = cub::BlockReduce<T, kThreads>;
+  __shared__ typename BlockSum::TempStorage storage;
   const int64_t s = blockIdx.x / c, i = blockIdx.x % c;
   const T* us = u + s * c * c;
   const T* ts = target + s * target_stride;
@@ -63,14 +66,8 @@ __global__ void style_rows_kernel(const T* __restrict__ u, const T* __restrict__
     o[j] = v;
     acc += v * v;
   }
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    T total = T(0);
-    for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
-    rows[s * c + i] = total;
-  }
+  const T total = BlockSum(storage).Sum(acc);  // valid in thread 0
+  if (threadIdx.x == 0) rows[s * c + i] = total;
 }
 
 // loss[n] = s * sum of the row sums of sample n, in row order.
