@@ -8,7 +8,7 @@
 // F F^T, of which only the upper triangle (k <= k') is computed and read.
 //   gram_matrix:  G = g * U,  g = 1 / (C * P) when normalized, else 1.
 //   style_loss:   D = a * U - T,  loss = s * sum_kk' D[k,k']^2  with, by normalization,
-//                   seed: a = 1,            s = 1 / (2 * P * C)^2    (J_style of the lecture)
+//                   gatys: a = 1,           s = 1 / (2 * P * C)^2    (J_style of the lecture)
 //                   mse:  a = 1 / (C * P),  s = 1 / C^2              (mean of squares, as the
 //                                                                      PyTorch tutorial)
 //   backward:     dL/dF = M F,  M = c * (D + D^T): symmetric, so one product whatever T is;
@@ -22,7 +22,7 @@
 namespace fastmtl {
 namespace gram {
 
-enum Normalization : int64_t { kSeed = 0, kMse = 1 };
+enum Normalization : int64_t { kGatys = 0, kMse = 1 };
 
 // Scale of the normalized Gram matrix: 1 / (C * P), or 1 without normalization (and for empty
 // features, whose Gram matrix is all zeros).
@@ -36,7 +36,7 @@ struct StyleScales {
   double s;
 };
 
-FASTMTL_HD StyleScales style_scales(int64_t normalization, int64_t c, int64_t p) {
+FASTMTL_HD StyleScales style_scales(Normalization normalization, int64_t c, int64_t p) {
   const double dc = c > 0 ? static_cast<double>(c) : 1.0;
   if (normalization == kMse) return {gram_scale(c, p, true), 1.0 / (dc * dc)};
   const double d = 2.0 * dc * (p > 0 ? static_cast<double>(p) : 1.0);

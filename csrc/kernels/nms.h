@@ -38,7 +38,7 @@ enum SoftMethod : int64_t { kLinear = 0, kGaussian = 1 };
 // Soft-NMS decay of a score whose box overlaps the selected box by iou: linear, 1 - iou above
 // the threshold; Gaussian, exp(-iou^2 / sigma).
 template <typename T>
-FASTMTL_HD T soft_weight(T iou, int64_t method, T threshold, T sigma) {
+FASTMTL_HD T soft_weight(T iou, SoftMethod method, T threshold, T sigma) {
 #ifdef __CUDA_ARCH__
   if (method == kGaussian) return exp(-(iou * iou) / sigma);
 #else

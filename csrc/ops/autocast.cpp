@@ -13,6 +13,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/string_view.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -61,14 +62,14 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_autocast(const at::Tensor& input, co
 }
 
 template <const char* kName>
-at::Tensor box_iou_autocast(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant, double eps) {
+at::Tensor box_iou_autocast(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view kind, double eps) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow(kName, "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double)>();
-  if (boxes1.scalar_type() == boxes2.scalar_type()) return op.call(boxes1, boxes2, variant, eps);
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view, double)>();
+  if (boxes1.scalar_type() == boxes2.scalar_type()) return op.call(boxes1, boxes2, kind, eps);
   const auto t = common_float(boxes1, boxes2);
-  return op.call(boxes1.to(t), boxes2.to(t), variant, eps);
+  return op.call(boxes1.to(t), boxes2.to(t), kind, eps);
 }
 
 constexpr char kPairwise[] = "fastmtl::pairwise_box_iou";

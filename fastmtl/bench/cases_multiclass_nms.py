@@ -123,7 +123,6 @@ def soft_nms_case(n: int, method: str, device: str) -> Case:
     """soft_nms of ``n`` dense boxes with mmcv's defaults and ``method``."""
     boxes = make_boxes(n, "dense", seed=1, device=device)
     scores = _distinct_scores((n,), seed=2, device=device)
-    m = {"linear": 0, "gaussian": 1}[method]
     return Case(
         op="soft_nms",
         size=f"{n}-{method}",
@@ -131,7 +130,7 @@ def soft_nms_case(n: int, method: str, device: str) -> Case:
         inputs=(boxes, scores),
         providers={
             "fastmtl": functools.partial(fastmtl.ops.soft_nms, method=method),
-            "eager": lambda b, s: _reference.soft_nms(b, s, None, 0.3, 0.5, 0.001, m),
+            "eager": lambda b, s: _reference.soft_nms(b, s, None, 0.3, 0.5, 0.001, method),
         },
         extra_fn=lambda out, ms, info: {"kept": out[0].numel()},
     )

@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from fastmtl.ops._checks import InputError, check_reduction
 from fastmtl.ops.gram import check_features, gram_matrix
-from fastmtl.ops.style import _normalization, content_loss, style_loss
+from fastmtl.ops.style import _check_normalization, content_loss, style_loss
 
 __all__ = ["ContentLoss", "StyleLoss"]
 
@@ -28,7 +28,7 @@ class StyleLoss(nn.Module):
         self, target_features: Tensor, *, normalization: str = "gatys", reduction: str = "mean"
     ) -> None:
         super().__init__()
-        norm = _normalization(normalization)
+        _check_normalization(normalization)
         check_reduction(reduction)
         if isinstance(target_features, Tensor) and target_features.dim() == 3:
             target_features = target_features[None]
@@ -38,7 +38,7 @@ class StyleLoss(nn.Module):
             f = target_features.detach()
             if f.dtype in (torch.float16, torch.bfloat16):
                 f = f.float()
-            gram = gram_matrix(f, normalize=norm == 1)
+            gram = gram_matrix(f, normalize=normalization == "mse")
         self.register_buffer("target_gram", gram[0] if gram.shape[0] == 1 else gram)
         self.normalization = normalization
         self.reduction = reduction
@@ -65,7 +65,7 @@ class ContentLoss(nn.Module):
 
     def __init__(self, target: Tensor, *, normalization: str = "gatys", reduction: str = "mean") -> None:
         super().__init__()
-        _normalization(normalization)
+        _check_normalization(normalization)
         check_reduction(reduction)
         if not isinstance(target, Tensor) or not target.is_floating_point():
             raise InputError(f"target must be a floating-point tensor, got {target!r:.80}")

@@ -17,6 +17,7 @@ __all__ = [
     "autocast_on",
     "check_box_pair",
     "check_boxes",
+    "check_choice",
     "check_reduction",
     "values_readable",
 ]
@@ -96,6 +97,15 @@ def check_box_pair(boxes1, boxes2, *, pairwise: bool) -> tuple:
                 f"boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and {boxes2.dtype}"
             )
     return boxes1, boxes2
+
+
+def check_choice(name: str, value, choices) -> None:
+    """A string option of an op (the schemas' ``str`` arguments): the message is the C++ check's
+    (csrc/ops/checks.h), e.g. ``Invalid kind 'xiou': expected 'iou', 'giou', 'diou' or 'ciou'``."""
+    if value not in choices:
+        names = [repr(c) for c in choices]
+        allowed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        raise InputError(f"Invalid {name} {value!r}: expected {allowed}")
 
 
 def check_reduction(reduction: str) -> None:

@@ -118,8 +118,8 @@ def multiclass_nms(boxes, scores, iou_threshold, score_threshold, max_detections
     return out_boxes, out_scores, out_classes, out_indices, counts
 
 
-def soft_nms(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method) -> tuple:
-    """Soft-NMS in plain PyTorch; method 0 linear, 1 gaussian (see fastmtl.ops.soft_nms)."""
+def soft_nms(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method: str) -> tuple:
+    """Soft-NMS in plain PyTorch; method "linear" or "gaussian" (see fastmtl.ops.soft_nms)."""
     dt = compute_dtype(boxes.dtype)
     b = boxes.to(dt)
     score = scores.to(dt).clone()
@@ -133,7 +133,7 @@ def soft_nms(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method)
         kept.append(score[top].clone())
         active[top] = False
         iou = torch.nan_to_num(_iou_terms(b[top], b, "iou", 0.0, 0.0), nan=0.0)
-        if method == 1:
+        if method == "gaussian":
             weight = torch.exp(-(iou * iou) / sigma)
         else:
             weight = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))
@@ -255,18 +255,18 @@ def gram_matrix(features: torch.Tensor, normalize: bool) -> torch.Tensor:
     return g.to(features.dtype)
 
 
-def style_scales(normalization: int, c: int, p: int) -> tuple:
+def style_scales(normalization: str, c: int, p: int) -> tuple:
     """``(a, s)`` of csrc/kernels/gram.h: ``diff = a * F F^T - target``, ``loss = s * sum diff^2``.
 
-    normalization 0 (seed): ``a = 1``, ``s = 1 / (2 P C)^2``; 1 (mse): ``a = 1 / (C P)``, ``s = 1 / C^2``.
+    normalization "gatys": ``a = 1``, ``s = 1 / (2 P C)^2``; "mse": ``a = 1 / (C P)``, ``s = 1 / C^2``.
     """
     c, p = max(c, 1), max(p, 1)
-    if normalization == 1:
+    if normalization == "mse":
         return 1.0 / (c * p), 1.0 / (c * c)
     return 1.0, 1.0 / (2.0 * p * c) ** 2
 
 
-def style_loss(features: torch.Tensor, target_gram: torch.Tensor, normalization: int) -> torch.Tensor:
+def style_loss(features: torch.Tensor, target_gram: torch.Tensor, normalization: str) -> torch.Tensor:
     """Per-sample style loss [N] in the compute dtype (see fastmtl.ops.style_loss)."""
     n, c, h, w = features.shape
     dt = compute_dtype(features.dtype)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
-from fastmtl.ops._checks import InputError, check_box_pair
+from fastmtl.ops._checks import InputError, check_box_pair, check_choice
 from fastmtl.ops.boxes import box_convert
 
 __all__ = [
@@ -27,22 +27,7 @@ __all__ = [
     "generalized_box_iou",
 ]
 
-KINDS = ["iou", "giou", "diou", "ciou"]  # the schemas' `variant` is the index
-
-
-def _variant(kind: str) -> int:
-    # (TorchScript cannot read the module-level list.)
-    if kind == "giou":
-        return 1
-    if kind == "diou":
-        return 2
-    if kind == "ciou":
-        return 3
-    return 0
-
-
-def _kind(variant: int) -> str:
-    return ["iou", "giou", "diou", "ciou"][variant]
+KINDS = ["iou", "giou", "diou", "ciou"]  # the values of the schemas' `kind` argument
 
 
 def _check_eps(eps) -> float:
@@ -56,20 +41,20 @@ def _check_fmt(fmt) -> None:
         raise InputError(f"Invalid fmt {fmt!r}: expected 'xyxy', 'xywh' or 'cxcywh'")
 
 
-def _pairwise_eager(boxes1, boxes2, variant: int, eps, fmt) -> Tensor:
+def _pairwise_eager(boxes1, boxes2, kind: str, eps, fmt) -> Tensor:
     _check_fmt(fmt)
     boxes1, boxes2 = check_box_pair(boxes1, boxes2, pairwise=True)
     eps = _check_eps(eps)
     if fmt != "xyxy":
         boxes1, boxes2 = box_convert(boxes1, fmt, "xyxy"), box_convert(boxes2, fmt, "xyxy")
-    if boxes1.dim() == 2 and boxes2.dim() == 2 and use_compiled(boxes1, KINDS[variant]):
-        return torch.ops.fastmtl.pairwise_box_iou(boxes1, boxes2, variant, eps)
-    return _reference.pairwise_box_iou(boxes1, boxes2, KINDS[variant], eps)
+    if boxes1.dim() == 2 and boxes2.dim() == 2 and use_compiled(boxes1, kind):
+        return torch.ops.fastmtl.pairwise_box_iou(boxes1, boxes2, kind, eps)
+    return _reference.pairwise_box_iou(boxes1, boxes2, kind, eps)
 
 
-def _pairwise(boxes1: Tensor, boxes2: Tensor, variant: int, eps: float, fmt: str) -> Tensor:
+def _pairwise(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float, fmt: str) -> Tensor:
     if not torch.jit.is_scripting():
-        return _pairwise_eager(boxes1, boxes2, variant, eps, fmt)
+        return _pairwise_eager(boxes1, boxes2, kind, eps, fmt)
     # TorchScript: the extension's kernel, its schema checks; batched boxes take the reference.
     if not boxes1.is_floating_point():
         boxes1 = boxes1.float()
@@ -78,8 +63,8 @@ def _pairwise(boxes1: Tensor, boxes2: Tensor, variant: int, eps: float, fmt: str
     if fmt != "xyxy":
         boxes1, boxes2 = box_convert(boxes1, fmt, "xyxy"), box_convert(boxes2, fmt, "xyxy")
     if boxes1.dim() == 2 and boxes2.dim() == 2:
-        return torch.ops.fastmtl.pairwise_box_iou(boxes1, boxes2, variant, eps)
-    return _reference.pairwise_box_iou(boxes1, boxes2, _kind(variant), eps)
+        return torch.ops.fastmtl.pairwise_box_iou(boxes1, boxes2, kind, eps)
+    return _reference.pairwise_box_iou(boxes1, boxes2, kind, eps)
 
 
 @torch.fx.wrap
@@ -96,7 +81,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
         ``Tensor[..., N, M]``: IoU of every pair, float32 for float16/bfloat16/integer input,
         else the input dtype. Two zero-area boxes give NaN (0 / 0), as in torchvision.
     """
-    return _pairwise(boxes1, boxes2, 0, 0.0, fmt)
+    return _pairwise(boxes1, boxes2, "iou", 0.0, fmt)
 
 
 @torch.fx.wrap
@@ -106,7 +91,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     ``GIoU = IoU - (C - union) / C`` with ``C`` the area of the smallest enclosing box.
     Shapes (``[..., N, 4]``) and dtypes as :func:`box_iou`; values in ``[-1, 1]``.
     """
-    return _pairwise(boxes1, boxes2, 1, 0.0, "xyxy")
+    return _pairwise(boxes1, boxes2, "giou", 0.0, "xyxy")
 
 
 @torch.fx.wrap
@@ -116,7 +101,7 @@ def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
     ``DIoU = IoU - rho^2 / (c^2 + eps)`` with ``rho`` the distance between the box centres
     and ``c`` the diagonal of the enclosing box. Shapes and dtypes as :func:`box_iou`.
     """
-    return _pairwise(boxes1, boxes2, 2, eps, "xyxy")
+    return _pairwise(boxes1, boxes2, "diou", eps, "xyxy")
 
 
 @torch.fx.wrap
@@ -126,7 +111,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
     ``CIoU = DIoU - alpha * v`` with ``v = 4 / pi^2 (atan(w1/h1) - atan(w2/h2))^2`` and
     ``alpha = v / (1 - IoU + v + eps)`` (a constant in the gradient). Shapes as :func:`box_iou`.
     """
-    return _pairwise(boxes1, boxes2, 3, eps, "xyxy")
+    return _pairwise(boxes1, boxes2, "ciou", eps, "xyxy")
 
 
 @torch.fx.wrap
@@ -152,13 +137,12 @@ def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: floa
     if not boxes2.is_floating_point():
         boxes2 = boxes2.float()
     boxes1, boxes2 = torch.broadcast_tensors(boxes1, boxes2)
-    out = torch.ops.fastmtl.aligned_box_iou(boxes1.reshape(-1, 4), boxes2.reshape(-1, 4), _variant(kind), eps)
+    out = torch.ops.fastmtl.aligned_box_iou(boxes1.reshape(-1, 4), boxes2.reshape(-1, 4), kind, eps)
     return out.reshape(boxes1.shape[:-1])
 
 
 def _aligned_eager(boxes1, boxes2, kind, eps) -> Tensor:
-    if kind not in KINDS:
-        raise InputError(f"Invalid kind {kind!r}: expected one of {KINDS}")
+    check_choice("kind", kind, KINDS)
     boxes1, boxes2 = check_box_pair(boxes1, boxes2, pairwise=False)
     eps = _check_eps(eps)
     try:
@@ -170,7 +154,7 @@ def _aligned_eager(boxes1, boxes2, kind, eps) -> Tensor:
     shape = boxes1.shape[:-1]
     flat1, flat2 = boxes1.reshape(-1, 4), boxes2.reshape(-1, 4)
     if use_compiled(flat1, "aligned_box_iou"):
-        out = torch.ops.fastmtl.aligned_box_iou(flat1, flat2, _variant(kind), eps)
+        out = torch.ops.fastmtl.aligned_box_iou(flat1, flat2, kind, eps)
     else:
         out = _reference.aligned_box_iou(flat1, flat2, kind, eps)
     return out.reshape(shape)
@@ -191,31 +175,33 @@ def _register() -> None:
         return _reference.pair_compute_dtype(boxes1.dtype, boxes2.dtype)
 
     @torch.library.register_fake(lib + "pairwise_box_iou")
-    def _(boxes1, boxes2, variant, eps):
+    def _(boxes1, boxes2, kind, eps):
+        check_choice("kind", kind, KINDS)
         return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]), dtype=result_dtype(boxes1, boxes2))
 
     @torch.library.register_fake(lib + "aligned_box_iou")
-    def _(boxes1, boxes2, variant, eps):
+    def _(boxes1, boxes2, kind, eps):
+        check_choice("kind", kind, KINDS)
         return boxes1.new_empty((boxes1.shape[0],), dtype=result_dtype(boxes1, boxes2))
 
+    def backward_fake(grad, boxes1, boxes2, kind, eps):
+        check_choice("kind", kind, KINDS)
+        return torch.empty_like(boxes1), torch.empty_like(boxes2)
+
     for name in ("_pairwise_box_iou_backward", "_aligned_box_iou_backward"):
-        torch.library.register_fake(lib + name)(
-            lambda grad, boxes1, boxes2, variant, eps: (torch.empty_like(boxes1), torch.empty_like(boxes2))
-        )
+        torch.library.register_fake(lib + name)(backward_fake)
 
     def setup_context(ctx, inputs, output):
-        boxes1, boxes2, ctx.variant, ctx.eps = inputs
+        boxes1, boxes2, ctx.kind, ctx.eps = inputs
         ctx.save_for_backward(boxes1, boxes2)
 
     def backward_of(backward_op, reference):
         def backward(ctx, grad):
             boxes1, boxes2 = ctx.saved_tensors
             if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable
-                g1, g2 = _differentiable_backward(
-                    reference, KINDS[ctx.variant], ctx.eps, boxes1, boxes2, grad
-                )
+                g1, g2 = _differentiable_backward(reference, ctx.kind, ctx.eps, boxes1, boxes2, grad)
             else:
-                g1, g2 = backward_op(grad, boxes1, boxes2, ctx.variant, ctx.eps)
+                g1, g2 = backward_op(grad, boxes1, boxes2, ctx.kind, ctx.eps)
             return g1, g2, None, None
 
         return backward

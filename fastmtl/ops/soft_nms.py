@@ -8,10 +8,12 @@ from torch import Tensor
 
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
-from fastmtl.ops._checks import InputError
+from fastmtl.ops._checks import InputError, check_choice
 from fastmtl.ops.nms import _check, _check_fallback_scores, _check_idxs, _check_not_meta
 
 __all__ = ["soft_nms"]
+
+METHODS = ("linear", "gaussian")  # the values of the schema's `method` argument
 
 
 @torch.fx.wrap
@@ -45,9 +47,8 @@ def soft_nms(
         return _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method, idxs)
     if not boxes.is_floating_point():
         boxes = boxes.float()
-    code = 1 if method == "gaussian" else 0
     keep, new_scores = torch.ops.fastmtl.soft_nms(
-        boxes, scores, idxs, float(iou_threshold), float(sigma), float(score_threshold), code
+        boxes, scores, idxs, float(iou_threshold), float(sigma), float(score_threshold), method
     )
     return keep, new_scores
 
@@ -56,8 +57,7 @@ def _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method
     boxes, scores, iou_threshold = _check(boxes, scores, iou_threshold)
     # The kernels do not check for NaN; the output size is read back on CUDA anyway.
     _check_fallback_scores(scores)
-    if method not in ("linear", "gaussian"):
-        raise InputError(f"Invalid method {method!r}: expected 'linear' or 'gaussian'")
+    check_choice("method", method, METHODS)
     for name, value in (("sigma", sigma), ("score_threshold", score_threshold)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
             raise InputError(f"{name} must be a number, got {value!r}")
@@ -66,8 +66,7 @@ def _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method
     if idxs is not None:
         idxs = _check_idxs(idxs, boxes)
     _check_not_meta(boxes)
-    code = 1 if method == "gaussian" else 0
-    args = (boxes, scores, idxs, iou_threshold, float(sigma), float(score_threshold), code)
+    args = (boxes, scores, idxs, iou_threshold, float(sigma), float(score_threshold), method)
     if not use_compiled(boxes, "soft_nms"):
         return _reference.soft_nms(*args)
     keep, new_scores = torch.ops.fastmtl.soft_nms(*args)
@@ -77,6 +76,7 @@ def _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method
 def _register() -> None:
     @torch.library.register_fake("fastmtl::soft_nms")
     def _(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method):
+        check_choice("method", method, METHODS)
         k = torch.library.get_ctx().new_dynamic_size()
         return boxes.new_empty((k,), dtype=torch.int64), scores.new_empty((k,))
 

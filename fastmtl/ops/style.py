@@ -32,19 +32,17 @@ from torch import Tensor
 
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
-from fastmtl.ops._checks import InputError, check_reduction
+from fastmtl.ops._checks import InputError, check_choice, check_reduction
 from fastmtl.ops._reduction import reduce_loss
 from fastmtl.ops.gram import FLOAT_DTYPES, check_features, check_no_double_backward, grad_like
 
 __all__ = ["NORMALIZATIONS", "content_loss", "style_loss"]
 
-NORMALIZATIONS = {"gatys": 0, "mse": 1}
+NORMALIZATIONS = ("gatys", "mse")  # the values of the schemas' `normalization` argument
 
 
-def _normalization(normalization: str) -> int:
-    if normalization not in NORMALIZATIONS:
-        raise InputError(f"Invalid normalization {normalization!r}: expected one of {sorted(NORMALIZATIONS)}")
-    return NORMALIZATIONS[normalization]
+def _check_normalization(normalization: str) -> None:
+    check_choice("normalization", normalization, NORMALIZATIONS)
 
 
 def _check_target_gram(target_gram, features: Tensor) -> Tensor:
@@ -88,15 +86,14 @@ def style_loss(
     Returns:
         The loss in float32 for half/bfloat16 features, else their dtype.
     """
-    norm = 1 if normalization == "mse" else 0
     if not torch.jit.is_scripting():
         features = check_features("features", features)
         target_gram = _check_target_gram(target_gram, features)
-        norm = _normalization(normalization)
+        _check_normalization(normalization)
         check_reduction(reduction)
         if not use_compiled(features, "style_loss"):
-            return reduce_loss(_reference.style_loss(features, target_gram, norm), reduction)
-    per_sample, _ = torch.ops.fastmtl.style_loss(features, target_gram, norm)
+            return reduce_loss(_reference.style_loss(features, target_gram, normalization), reduction)
+    per_sample, _ = torch.ops.fastmtl.style_loss(features, target_gram, normalization)
     return reduce_loss(per_sample, reduction)
 
 
@@ -111,14 +108,13 @@ def content_loss(
     shape of ``features`` or lacks its batch dimension (one target for every sample).
     ``reduction`` over the batch as in :func:`style_loss`. Computed in float32 for half input.
     """
-    norm = 1 if normalization == "mse" else 0
     if not torch.jit.is_scripting():
         _check_content_args(features, target)
-        norm = _normalization(normalization)
+        _check_normalization(normalization)
         check_reduction(reduction)
     dt = torch.promote_types(_reference.compute_dtype(features.dtype), _reference.compute_dtype(target.dtype))
     sq = (features.to(dt) - target.to(dt)).square().flatten(1)
-    per_sample = sq.mean(1) if norm == 1 else 0.5 * sq.sum(1)
+    per_sample = sq.mean(1) if normalization == "mse" else 0.5 * sq.sum(1)
     return reduce_loss(per_sample, reduction)
 
 
@@ -149,12 +145,14 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "style_loss")
     def _(features, target_gram, normalization):
+        _check_normalization(normalization)
         n, c = features.shape[:2]
         dt = _reference.compute_dtype(features.dtype)
         return features.new_empty((n,), dtype=dt), features.new_empty((n, c, c), dtype=dt)
 
     @torch.library.register_fake(lib + "_style_loss_backward")
     def _(grad, diff, features, normalization):
+        _check_normalization(normalization)
         return grad_like(features)
 
     def setup_context(ctx, inputs, output):

@@ -49,7 +49,6 @@ TV_PAIRWISE = {
     "diou": "distance_box_iou",
     "ciou": "complete_box_iou",
 }
-VARIANT = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
 SIZES = [(0, 0), (0, 3), (4, 0), (1, 1), (1, 9), (8, 1), (17, 29)]
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
@@ -641,15 +640,14 @@ def _op_samples(gen, dtype, device):
 @pytest.mark.parametrize("device", DISPATCH_DEVICES)
 def test_opcheck_forward_ops(kind, dtype, device, gen):
     b1, b2, b3 = _op_samples(gen, dtype, device)
-    grad = dtype == torch.float64  # the autograd registration, once per variant
-    v = VARIANT[kind]
+    grad = dtype == torch.float64  # the autograd registration, once per kind
     torch.library.opcheck(
         torch.ops.fastmtl.pairwise_box_iou.default,
-        (b1.requires_grad_(grad), b2.requires_grad_(grad), v, 1e-7),
+        (b1.requires_grad_(grad), b2.requires_grad_(grad), kind, 1e-7),
     )
     torch.library.opcheck(
         torch.ops.fastmtl.aligned_box_iou.default,
-        (b1.detach().requires_grad_(grad), b3.requires_grad_(grad), v, 1e-7),
+        (b1.detach().requires_grad_(grad), b3.requires_grad_(grad), kind, 1e-7),
     )
 
 
@@ -660,14 +658,13 @@ def test_opcheck_forward_ops(kind, dtype, device, gen):
 def test_opcheck_backward_ops(kind, dtype, device, gen):
     b1, b2, b3 = _op_samples(gen, dtype, device)
     acc = out_dtype(dtype)  # the dtype of the outputs, so of the incoming gradients
-    v = VARIANT[kind]
     torch.library.opcheck(
         torch.ops.fastmtl._pairwise_box_iou_backward.default,
-        (torch.randn(5, 3, generator=gen).to(device, acc), b1, b2, v, 1e-7),
+        (torch.randn(5, 3, generator=gen).to(device, acc), b1, b2, kind, 1e-7),
     )
     torch.library.opcheck(
         torch.ops.fastmtl._aligned_box_iou_backward.default,
-        (torch.randn(5, generator=gen).to(device, acc), b1, b3, v, 1e-7),
+        (torch.randn(5, generator=gen).to(device, acc), b1, b3, kind, 1e-7),
     )
 
 
@@ -675,14 +672,15 @@ def test_opcheck_backward_ops(kind, dtype, device, gen):
 def test_opcheck_empty_inputs():
     e = torch.empty(0, 4, dtype=torch.float64)
     b = torch.rand(2, 4, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.fastmtl.pairwise_box_iou.default, (e, b, 1, 1e-7))
-    torch.library.opcheck(torch.ops.fastmtl.pairwise_box_iou.default, (b, e, 2, 1e-7))
-    torch.library.opcheck(torch.ops.fastmtl.aligned_box_iou.default, (e, e.clone(), 3, 1e-7))
+    torch.library.opcheck(torch.ops.fastmtl.pairwise_box_iou.default, (e, b, "giou", 1e-7))
+    torch.library.opcheck(torch.ops.fastmtl.pairwise_box_iou.default, (b, e, "diou", 1e-7))
+    torch.library.opcheck(torch.ops.fastmtl.aligned_box_iou.default, (e, e.clone(), "ciou", 1e-7))
     torch.library.opcheck(
-        torch.ops.fastmtl._pairwise_box_iou_backward.default, (torch.empty(0, 2).double(), e, b, 0, 1e-7)
+        torch.ops.fastmtl._pairwise_box_iou_backward.default, (torch.empty(0, 2).double(), e, b, "iou", 1e-7)
     )
     torch.library.opcheck(
-        torch.ops.fastmtl._aligned_box_iou_backward.default, (torch.empty(0).double(), e, e.clone(), 3, 1e-7)
+        torch.ops.fastmtl._aligned_box_iou_backward.default,
+        (torch.empty(0).double(), e, e.clone(), "ciou", 1e-7),
     )
 
 
@@ -691,33 +689,47 @@ def test_fake_kernels_give_shapes_and_dtypes():
     for dtype in FLOAT_DTYPES:
         b1 = torch.empty(5, 4, dtype=dtype, device="meta")
         b2 = torch.empty(3, 4, dtype=dtype, device="meta")
-        out = torch.ops.fastmtl.pairwise_box_iou(b1, b2, 3, 1e-7)
+        out = torch.ops.fastmtl.pairwise_box_iou(b1, b2, "ciou", 1e-7)
         assert out.shape == (5, 3) and out.dtype == out_dtype(dtype) and out.is_meta
-        out = torch.ops.fastmtl.aligned_box_iou(b1, b1, 3, 1e-7)
+        out = torch.ops.fastmtl.aligned_box_iou(b1, b1, "ciou", 1e-7)
         assert out.shape == (5,) and out.dtype == out_dtype(dtype) and out.is_meta
+    # The fake kernels check the kind as the real ones do (torch.compile fails at trace time).
+    m = torch.empty(5, 4, device="meta")
+    with pytest.raises(RuntimeError, match="Invalid kind 'IoU'"):
+        torch.ops.fastmtl.pairwise_box_iou(m, m, "IoU", 1e-7)
+    with pytest.raises(RuntimeError, match="Invalid kind"):
+        torch.ops.fastmtl._aligned_box_iou_backward(torch.empty(5, device="meta"), m, m, "", 1e-7)
 
 
 @compiled_only
 def test_dispatcher_ops_check_their_arguments():
     b = torch.rand(3, 4)
-    with pytest.raises(RuntimeError, match="variant"):
-        torch.ops.fastmtl.pairwise_box_iou(b, b, 4, 1e-7)
+    message = "Invalid kind 'xiou': expected 'iou', 'giou', 'diou' or 'ciou'"
+    for op in (torch.ops.fastmtl.pairwise_box_iou, torch.ops.fastmtl.aligned_box_iou):
+        with pytest.raises(RuntimeError, match=message):
+            op(b, b, "xiou", 1e-7)
+    with pytest.raises(RuntimeError, match="Invalid kind 'GIoU'"):
+        torch.ops.fastmtl._pairwise_box_iou_backward(torch.rand(3, 3), b, b, "GIoU", 1e-7)
+    with pytest.raises(RuntimeError, match="Invalid kind 'GIoU'"):
+        torch.ops.fastmtl._aligned_box_iou_backward(torch.rand(3), b, b, "GIoU", 1e-7)
+    with pytest.raises(RuntimeError, match="kind"):  # no integer codes: the schema takes the name
+        torch.ops.fastmtl.pairwise_box_iou(b, b, 1, 1e-7)
     with pytest.raises(RuntimeError, match="boxes1"):
-        torch.ops.fastmtl.pairwise_box_iou(b.int(), b.int(), 0, 1e-7)
+        torch.ops.fastmtl.pairwise_box_iou(b.int(), b.int(), "iou", 1e-7)
     with pytest.raises(RuntimeError, match="boxes1"):
-        torch.ops.fastmtl.pairwise_box_iou(b[None], b, 0, 1e-7)
+        torch.ops.fastmtl.pairwise_box_iou(b[None], b, "iou", 1e-7)
     with pytest.raises(RuntimeError, match="boxes2"):
-        torch.ops.fastmtl.aligned_box_iou(b, torch.rand(3, 5), 0, 1e-7)
+        torch.ops.fastmtl.aligned_box_iou(b, torch.rand(3, 5), "iou", 1e-7)
     with pytest.raises(RuntimeError, match="same dtype"):
-        torch.ops.fastmtl.aligned_box_iou(b, b.double(), 0, 1e-7)
+        torch.ops.fastmtl.aligned_box_iou(b, b.double(), "iou", 1e-7)
     with pytest.raises(RuntimeError, match="same number"):
-        torch.ops.fastmtl.aligned_box_iou(b, torch.rand(2, 4), 0, 1e-7)
+        torch.ops.fastmtl.aligned_box_iou(b, torch.rand(2, 4), "iou", 1e-7)
     with pytest.raises(RuntimeError, match="eps"):
-        torch.ops.fastmtl.aligned_box_iou(b, b, 0, -1.0)
+        torch.ops.fastmtl.aligned_box_iou(b, b, "iou", -1.0)
     with pytest.raises(RuntimeError, match="grad"):
-        torch.ops.fastmtl._pairwise_box_iou_backward(torch.rand(3, 2), b, b, 0, 1e-7)
+        torch.ops.fastmtl._pairwise_box_iou_backward(torch.rand(3, 2), b, b, "iou", 1e-7)
     with pytest.raises(RuntimeError, match="grad"):
-        torch.ops.fastmtl._aligned_box_iou_backward(torch.rand(3).double(), b, b, 0, 1e-7)
+        torch.ops.fastmtl._aligned_box_iou_backward(torch.rand(3).double(), b, b, "iou", 1e-7)
 
 
 # --------------------------------------------------------------------------- fallback

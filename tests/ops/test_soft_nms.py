@@ -623,12 +623,12 @@ def test_mixed_devices():
 @pytest.mark.parametrize(
     "n,dtype,method,classes",
     [
-        (60, torch.float64, 0, True),
-        (60, torch.float32, 1, False),
-        (60, torch.float16, 0, False),
-        (60, torch.bfloat16, 1, True),
-        (1, torch.float32, 0, True),
-        (0, torch.float32, 1, False),
+        (60, torch.float64, "linear", True),
+        (60, torch.float32, "gaussian", False),
+        (60, torch.float16, "linear", False),
+        (60, torch.bfloat16, "gaussian", True),
+        (1, torch.float32, "linear", True),
+        (0, torch.float32, "gaussian", False),
     ],
     ids=["float64-linear", "float32-gaussian", "float16-linear", "bfloat16-gaussian", "n=1", "n=0"],
 )
@@ -646,8 +646,8 @@ def test_dispatcher_op_matches_public_op(gen, seed):
     boxes, scores = make_set("heavy", 100, gen)
     idxs = classes_for(100, 3, gen)
     for classes in (None, idxs):
-        for method, code in (("linear", 0), ("gaussian", 1)):
-            got = torch.ops.fastmtl.soft_nms(boxes, scores, classes, 0.25, 0.5, 0.001, code)
+        for method in ("linear", "gaussian"):
+            got = torch.ops.fastmtl.soft_nms(boxes, scores, classes, 0.25, 0.5, 0.001, method)
             want = soft_nms_ref(boxes, scores, 0.25, 0.5, 0.001, method, classes)
             assert_soft_nms(tuple(got), want, score_dtype=torch.float64, msg=f"{method} seed={seed}")
 
@@ -662,7 +662,7 @@ def test_fake_impl_gives_an_unbacked_size():
         scores = mode.from_tensor(torch.rand(10, dtype=torch.float16))
         idxs = mode.from_tensor(torch.zeros(10, dtype=torch.int64))
         for classes in (None, idxs):
-            keep, new_scores = torch.ops.fastmtl.soft_nms(boxes, scores, classes, 0.3, 0.5, 0.001, 0)
+            keep, new_scores = torch.ops.fastmtl.soft_nms(boxes, scores, classes, 0.3, 0.5, 0.001, "linear")
             assert keep.dtype == torch.int64 and keep.dim() == 1 and keep.device == boxes.device
             assert new_scores.dtype == torch.float16 and new_scores.dim() == 1
             assert isinstance(keep.shape[0], torch.SymInt)
@@ -674,13 +674,17 @@ def test_dispatcher_op_checks_its_arguments():
     boxes, scores, idxs = _good()
     op = torch.ops.fastmtl.soft_nms
     cases = [
-        ("boxes", lambda: op(torch.rand(3, 5), scores, None, 0.3, 0.5, 0.001, 0)),
-        ("scores", lambda: op(boxes, scores[:2], None, 0.3, 0.5, 0.001, 0)),
-        ("idxs", lambda: op(boxes, scores, idxs[:2], 0.3, 0.5, 0.001, 0)),
-        ("method", lambda: op(boxes, scores, None, 0.3, 0.5, 0.001, 2)),
-        ("method", lambda: op(boxes, scores, None, 0.3, 0.5, 0.001, -1)),
-        ("sigma", lambda: op(boxes, scores, None, 0.3, 0.0, 0.001, 1)),
-        ("iou_threshold", lambda: op(boxes, scores, None, float("nan"), 0.5, 0.001, 0)),
+        ("boxes", lambda: op(torch.rand(3, 5), scores, None, 0.3, 0.5, 0.001, "linear")),
+        ("scores", lambda: op(boxes, scores[:2], None, 0.3, 0.5, 0.001, "linear")),
+        ("idxs", lambda: op(boxes, scores, idxs[:2], 0.3, 0.5, 0.001, "linear")),
+        (
+            "Invalid method 'cubic': expected 'linear' or 'gaussian'",
+            lambda: op(boxes, scores, None, 0.3, 0.5, 0.001, "cubic"),
+        ),
+        ("Invalid method 'Linear'", lambda: op(boxes, scores, None, 0.3, 0.5, 0.001, "Linear")),
+        ("method", lambda: op(boxes, scores, None, 0.3, 0.5, 0.001, 1)),  # no integer codes
+        ("sigma", lambda: op(boxes, scores, None, 0.3, 0.0, 0.001, "gaussian")),
+        ("iou_threshold", lambda: op(boxes, scores, None, float("nan"), 0.5, 0.001, "linear")),
     ]
     for name, fn in cases:
         with pytest.raises(RuntimeError, match=name):

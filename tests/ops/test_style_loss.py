@@ -267,15 +267,19 @@ def test_dispatcher_ops_check_their_arguments():
     x = torch.rand(2, 3, 4, 4)
     t = torch.rand(3, 3)
     with pytest.raises(RuntimeError, match="target_gram"):
-        torch.ops.fastmtl.style_loss(x, torch.rand(2, 2), 0)
+        torch.ops.fastmtl.style_loss(x, torch.rand(2, 2), "gatys")
     with pytest.raises(RuntimeError, match="target_gram"):
-        torch.ops.fastmtl.style_loss(x, t.double(), 0)
-    with pytest.raises(RuntimeError, match="normalization"):
-        torch.ops.fastmtl.style_loss(x, t, 2)
+        torch.ops.fastmtl.style_loss(x, t.double(), "gatys")
+    with pytest.raises(RuntimeError, match="Invalid normalization 'seed': expected 'gatys' or 'mse'"):
+        torch.ops.fastmtl.style_loss(x, t, "seed")
+    with pytest.raises(RuntimeError, match="normalization"):  # no integer codes
+        torch.ops.fastmtl.style_loss(x, t, 1)
+    with pytest.raises(RuntimeError, match="Invalid normalization 'MSE'"):
+        torch.ops.fastmtl._style_loss_backward(torch.rand(2), torch.rand(2, 3, 3), x, "MSE")
     with pytest.raises(RuntimeError, match="grad"):
-        torch.ops.fastmtl._style_loss_backward(torch.rand(3), torch.rand(2, 3, 3), x, 0)
+        torch.ops.fastmtl._style_loss_backward(torch.rand(3), torch.rand(2, 3, 3), x, "gatys")
     with pytest.raises(RuntimeError, match="diff"):
-        torch.ops.fastmtl._style_loss_backward(torch.rand(2), torch.rand(2, 3, 4), x, 0)
+        torch.ops.fastmtl._style_loss_backward(torch.rand(2), torch.rand(2, 3, 4), x, "gatys")
 
 
 # --------------------------------------------------------------------------- dispatcher
@@ -289,12 +293,12 @@ def test_opcheck(device, dtype, layout, gen):
     grad = dtype == torch.float64
     for target_batch, norm in ((False, "gatys"), (True, "mse")):
         x, t = make((2, 5, 3, 4), gen, dtype, device, layout, target_batch, norm)
-        args = (x.requires_grad_(grad), t.requires_grad_(grad), 0 if norm == "gatys" else 1)
+        args = (x.requires_grad_(grad), t.requires_grad_(grad), norm)
         torch.library.opcheck(torch.ops.fastmtl.style_loss.default, args)
     a = acc(dtype)
     g = torch.randn(2, generator=gen).to(device, a)
     d = torch.randn(2, 5, 5, generator=gen).to(device, a)
-    torch.library.opcheck(torch.ops.fastmtl._style_loss_backward.default, (g, d, x.detach(), 1))
+    torch.library.opcheck(torch.ops.fastmtl._style_loss_backward.default, (g, d, x.detach(), "mse"))
 
 
 @compiled_only
@@ -302,7 +306,7 @@ def test_opcheck_empty():
     for shape in [(0, 3, 2, 2), (2, 3, 0, 2), (2, 0, 2, 2)]:
         x = torch.rand(shape, dtype=torch.float64)
         t = torch.rand(shape[1], shape[1], dtype=torch.float64)
-        torch.library.opcheck(torch.ops.fastmtl.style_loss.default, (x, t, 0))
+        torch.library.opcheck(torch.ops.fastmtl.style_loss.default, (x, t, "gatys"))
 
 
 @pytest.mark.compile

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../checks.h"
 #include "../common.h"
 #include "../../kernels/box_math.h"
 #include "box_iou.h"
@@ -167,11 +168,11 @@ void aligned_backward(const at::opmath_type<scalar_t>* g, const scalar_t* b1, co
   });
 }
 
-at::Tensor pairwise_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
+at::Tensor pairwise_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view kind,
                                 double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, false);
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, false);
   const int64_t n = boxes1.size(0), m = boxes2.size(0);
-  auto out = at::empty({n, m}, boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
+  auto out = at::empty({n, m}, boxes1.options().dtype(accumulate_type(boxes1.scalar_type())));
   if (n == 0 || m == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "pairwise_box_iou_cpu", [&] {
@@ -187,8 +188,8 @@ at::Tensor pairwise_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxe
 std::tuple<at::Tensor, at::Tensor> pairwise_box_iou_backward_cpu(const at::Tensor& grad,
                                                                  const at::Tensor& boxes1,
                                                                  const at::Tensor& boxes2,
-                                                                 int64_t variant, double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, false);
+                                                                 c10::string_view kind, double eps) {
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, false);
   check_box_iou_grad(grad, boxes1, boxes2, false);
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous(), g = grad.contiguous();
   auto g1 = at::zeros_like(b1), g2 = at::zeros_like(b2);
@@ -205,11 +206,11 @@ std::tuple<at::Tensor, at::Tensor> pairwise_box_iou_backward_cpu(const at::Tenso
   return {g1, g2};
 }
 
-at::Tensor aligned_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
+at::Tensor aligned_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view kind,
                                double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, true);
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, true);
   const int64_t n = boxes1.size(0);
-  auto out = at::empty({n}, boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
+  auto out = at::empty({n}, boxes1.options().dtype(accumulate_type(boxes1.scalar_type())));
   if (n == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "aligned_box_iou_cpu", [&] {
@@ -225,8 +226,8 @@ at::Tensor aligned_box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes
 std::tuple<at::Tensor, at::Tensor> aligned_box_iou_backward_cpu(const at::Tensor& grad,
                                                                 const at::Tensor& boxes1,
                                                                 const at::Tensor& boxes2,
-                                                                int64_t variant, double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, true);
+                                                                c10::string_view kind, double eps) {
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, true);
   check_box_iou_grad(grad, boxes1, boxes2, true);
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous(), g = grad.contiguous();
   auto g1 = at::empty_like(b1), g2 = at::empty_like(b2);

@@ -19,9 +19,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cub/block/block_reduce.cuh>
+
 #include <algorithm>
 #include <climits>
 
+#include "../checks.h"
 #include "../common.h"
 #include "../../kernels/box_math.h"
 #include "box_iou.h"
@@ -35,9 +38,6 @@ using box::BoxGeom;
 constexpr int kThreads = 256;
 constexpr int kRowsPerTile = 32;    // rows of the forward tile whose BoxGeoms sit in shared memory
 constexpr int64_t kGradParts = 64;  // row parts of the column gradient, summed in a fixed order
-constexpr int64_t kMaxBlocks = 1 << 16;  // grid-stride loops take the rest
-
-__host__ __device__ constexpr int64_t blocks_for(int64_t n, int64_t per_block) { return (n + per_block - 1) / per_block; }
 
 // BoxGeom of box i for variant V, its arctangent read from aspect (filled by aspect_kernel;
 // only CIoU reads it, the other variants may pass nullptr).
@@ -61,7 +61,7 @@ __global__ void pairwise_forward_kernel(const scalar_t* __restrict__ b1, const s
                                         at::opmath_type<scalar_t>* __restrict__ out) {
   using T = at::opmath_type<scalar_t>;
   __shared__ BoxGeom<T> rows[kRowsPerTile];
-  const int64_t row_tiles = blocks_for(n, kRowsPerTile);
+  const int64_t row_tiles = ceil_div(n, kRowsPerTile);
   const int64_t row_groups = gridDim.x / col_tiles;
   const int64_t j = (blockIdx.x % col_tiles) * kThreads + threadIdx.x;
   const bool live = j < m;
@@ -91,18 +91,13 @@ __global__ void aspect_kernel(const scalar_t* __restrict__ b1, int64_t n, const 
   }
 }
 
+// Coordinate-wise sum of two box gradients, for the block reduction of a row.
 template <typename T>
-__device__ T block_sum(T v, T* shared) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  T total = T(0);
-  if (threadIdx.x == 0)
-    for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
-  return total;  // valid in thread 0
-}
+struct BoxSum {
+  __device__ Box<T> operator()(const Box<T>& a, const Box<T>& b) const {
+    return {a.x1 + b.x1, a.y1 + b.y1, a.x2 + b.x2, a.y2 + b.y2};
+  }
+};
 
 // Row i (blocks stride over the rows): grad_boxes1[i] = sum_j g[i, j] * d value(i, j) / d boxes1[i].
 // Row i's BoxGeom once per block; column j's from its corners and its buffered arctangent.
@@ -114,18 +109,23 @@ __global__ void pairwise_backward_rows_kernel(const at::opmath_type<scalar_t>* _
                                               const at::opmath_type<scalar_t>* __restrict__ aspect2,
                                               at::opmath_type<scalar_t> eps, scalar_t* __restrict__ g1) {
   using T = at::opmath_type<scalar_t>;
-  __shared__ T shared[kThreads / 32];
-  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {  // block-uniform: block_sum's barriers are safe
+  using BlockSum = cub::BlockReduce<Box<T>, kThreads>;
+  __shared__ typename BlockSum::TempStorage storage;
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {  // block-uniform: the barriers are safe
     const BoxGeom<T> sa = geom_at<V>(b1, aspect1, i);
     Box<T> acc{T(0), T(0), T(0), T(0)}, ga, gb;
     for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
       box::pair_grad<V>(sa, geom_at<V>(b2, aspect2, j), g[i * m + j], eps, T(0), ga, gb);
       acc.x1 += ga.x1; acc.y1 += ga.y1; acc.x2 += ga.x2; acc.y2 += ga.y2;
     }
-    const T s[4] = {block_sum(acc.x1, shared), block_sum(acc.y1, shared), block_sum(acc.x2, shared),
-                    block_sum(acc.y2, shared)};
-    if (threadIdx.x == 0)
-      for (int k = 0; k < 4; ++k) g1[4 * i + k] = static_cast<scalar_t>(s[k]);
+    const Box<T> s = BlockSum(storage).Reduce(acc, BoxSum<T>{});  // valid in thread 0
+    if (threadIdx.x == 0) {
+      g1[4 * i] = static_cast<scalar_t>(s.x1);
+      g1[4 * i + 1] = static_cast<scalar_t>(s.y1);
+      g1[4 * i + 2] = static_cast<scalar_t>(s.x2);
+      g1[4 * i + 3] = static_cast<scalar_t>(s.y2);
+    }
+    __syncthreads();  // storage is reused by the next row
   }
 }
 
@@ -212,11 +212,11 @@ template <typename scalar_t, int V>
 void launch_pairwise_forward(const at::Tensor& b1, const at::Tensor& b2, double eps, at::Tensor& out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0), m = b2.size(0);
-  const int64_t col_tiles = blocks_for(m, kThreads), row_tiles = blocks_for(n, kRowsPerTile);
+  const int64_t col_tiles = ceil_div(m, kThreads), row_tiles = ceil_div(n, kRowsPerTile);
   TORCH_CHECK(col_tiles <= INT_MAX, "boxes2 holds ", m, " boxes; at most ", int64_t(INT_MAX) * kThreads,
               " are supported on CUDA");
-  // Row groups fill the grid up to about kMaxBlocks blocks; the blocks of a group loop over its tiles.
-  const int64_t row_groups = std::max<int64_t>(1, std::min(row_tiles, kMaxBlocks / col_tiles));
+  // Row groups fill the grid up to about kMaxGridBlocks blocks; the blocks of a group loop over its tiles.
+  const int64_t row_groups = std::max<int64_t>(1, std::min(row_tiles, kMaxGridBlocks / col_tiles));
   const int64_t blocks = col_tiles * std::min<int64_t>(row_groups, INT_MAX / col_tiles);
   pairwise_forward_kernel<scalar_t, V><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m, col_tiles, static_cast<T>(eps),
@@ -231,7 +231,7 @@ void launch_pairwise_backward(const at::Tensor& g, const at::Tensor& b1, const a
   const int64_t n = b1.size(0), m = b2.size(0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto opmath = b1.options().dtype(c10::CppTypeToScalarType<T>::value);
-  TORCH_CHECK(blocks_for(m, kThreads) <= INT_MAX, "boxes2 holds ", m, " boxes; at most ",
+  TORCH_CHECK(ceil_div(m, kThreads) <= INT_MAX, "boxes2 holds ", m, " boxes; at most ",
               int64_t(INT_MAX) * kThreads, " are supported on CUDA");
   // CIoU: the arctangent of every box once, for both kernels.
   const T* aspect1 = nullptr;
@@ -239,7 +239,7 @@ void launch_pairwise_backward(const at::Tensor& g, const at::Tensor& b1, const a
   at::Tensor aspect;
   if constexpr (V == box::kCIoU) {
     aspect = at::empty({n + m}, opmath);
-    aspect_kernel<scalar_t><<<std::min(blocks_for(n + m, kThreads), kMaxBlocks), kThreads, 0, stream>>>(
+    aspect_kernel<scalar_t><<<grid_stride_blocks(n + m, kThreads), kThreads, 0, stream>>>(
         b1.const_data_ptr<scalar_t>(), n, b2.const_data_ptr<scalar_t>(), m, aspect.mutable_data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     aspect1 = aspect.const_data_ptr<T>();
@@ -247,16 +247,16 @@ void launch_pairwise_backward(const at::Tensor& g, const at::Tensor& b1, const a
   }
   const int64_t parts = std::min(n, kGradParts);
   const at::Tensor partial = at::empty({parts, 4, m}, opmath);
-  pairwise_backward_rows_kernel<scalar_t, V><<<std::min(n, kMaxBlocks), kThreads, 0, stream>>>(
+  pairwise_backward_rows_kernel<scalar_t, V><<<grid_stride_blocks(n, 1), kThreads, 0, stream>>>(
       g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m, aspect1, aspect2,
       static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const dim3 grid(blocks_for(m, kThreads), parts);  // parts <= 64 on y
+  const dim3 grid(ceil_div(m, kThreads), parts);  // parts <= 64 on y
   pairwise_backward_cols_kernel<scalar_t, V><<<grid, kThreads, 0, stream>>>(
       g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, m, parts, aspect1,
       aspect2, static_cast<T>(eps), partial.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  sum_parts_kernel<scalar_t><<<blocks_for(m, kThreads), kThreads, 0, stream>>>(
+  sum_parts_kernel<scalar_t><<<ceil_div(m, kThreads), kThreads, 0, stream>>>(
       partial.const_data_ptr<T>(), m, parts, g2.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -265,7 +265,7 @@ template <typename scalar_t, int V>
 void launch_aligned_forward(const at::Tensor& b1, const at::Tensor& b2, double eps, at::Tensor& out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0);
-  aligned_forward_kernel<scalar_t, V><<<blocks_for(n, kThreads), kThreads, 0,
+  aligned_forward_kernel<scalar_t, V><<<ceil_div(n, kThreads), kThreads, 0,
                                         c10::cuda::getCurrentCUDAStream()>>>(
       b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, static_cast<T>(eps),
       out.mutable_data_ptr<T>());
@@ -277,19 +277,19 @@ void launch_aligned_backward(const at::Tensor& g, const at::Tensor& b1, const at
                              at::Tensor& g1, at::Tensor& g2) {
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0);
-  aligned_backward_kernel<scalar_t, V><<<blocks_for(n, kThreads), kThreads, 0,
+  aligned_backward_kernel<scalar_t, V><<<ceil_div(n, kThreads), kThreads, 0,
                                          c10::cuda::getCurrentCUDAStream()>>>(
       g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n,
       static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>(), g2.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor pairwise_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
+at::Tensor pairwise_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view kind,
                                  double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, false);
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, false);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   auto out = at::empty({boxes1.size(0), boxes2.size(0)},
-                       boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
+                       boxes1.options().dtype(accumulate_type(boxes1.scalar_type())));
   if (out.numel() == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "pairwise_box_iou_cuda", [&] {
@@ -303,8 +303,8 @@ at::Tensor pairwise_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& box
 std::tuple<at::Tensor, at::Tensor> pairwise_box_iou_backward_cuda(const at::Tensor& grad,
                                                                   const at::Tensor& boxes1,
                                                                   const at::Tensor& boxes2,
-                                                                  int64_t variant, double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, false);
+                                                                  c10::string_view kind, double eps) {
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, false);
   check_box_iou_grad(grad, boxes1, boxes2, false);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous(), g = grad.contiguous();
@@ -318,11 +318,11 @@ std::tuple<at::Tensor, at::Tensor> pairwise_box_iou_backward_cuda(const at::Tens
   return {g1, g2};
 }
 
-at::Tensor aligned_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, int64_t variant,
+at::Tensor aligned_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view kind,
                                 double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, true);
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, true);
   const c10::cuda::CUDAGuard guard(boxes1.device());
-  auto out = at::empty({boxes1.size(0)}, boxes1.options().dtype(box_iou_accumulate_type(boxes1.scalar_type())));
+  auto out = at::empty({boxes1.size(0)}, boxes1.options().dtype(accumulate_type(boxes1.scalar_type())));
   if (out.numel() == 0) return out;
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   FASTMTL_DISPATCH_BOXES(b1.scalar_type(), "aligned_box_iou_cuda", [&] {
@@ -336,8 +336,8 @@ at::Tensor aligned_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxe
 std::tuple<at::Tensor, at::Tensor> aligned_box_iou_backward_cuda(const at::Tensor& grad,
                                                                  const at::Tensor& boxes1,
                                                                  const at::Tensor& boxes2,
-                                                                 int64_t variant, double eps) {
-  check_box_iou_args(boxes1, boxes2, variant, eps, true);
+                                                                 c10::string_view kind, double eps) {
+  const box::Variant variant = check_box_iou_args(boxes1, boxes2, kind, eps, true);
   check_box_iou_grad(grad, boxes1, boxes2, true);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const auto b1 = boxes1.contiguous(), b2 = boxes2.contiguous(), g = grad.contiguous();

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 
+#include "../checks.h"
+
 namespace fastmtl {
 namespace {
 
@@ -25,10 +27,6 @@ constexpr int64_t kGramBlock = 64;
 constexpr int64_t kMinChunk = 1024;
 
 int64_t block_rows(int64_t c) { return c <= 96 ? c : kGramBlock; }
-
-bool is_gram_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 // Features as [N, C, P]: a view for contiguous and channels_last tensors (the latter is F^T in
 // memory, which BLAS reads as a transposed operand), a copy for other layouts.
@@ -44,8 +42,7 @@ bool wants_channels_last(const at::Tensor& features) {
 
 void check_gram_features(const at::Tensor& features) {
   TORCH_CHECK(features.dim() == 4, "features must have shape [N, C, H, W], got ", features.sizes());
-  TORCH_CHECK(is_gram_float(features.scalar_type()),
-              "features must be float32, float64, float16 or bfloat16, got ", features.scalar_type());
+  check_kernel_float(features, "features");
 }
 
 void check_gram_grad(const at::Tensor& grad, const at::Tensor& features) {
@@ -59,7 +56,13 @@ void check_gram_grad(const at::Tensor& grad, const at::Tensor& features) {
               grad.scalar_type());
 }
 
-void check_style_args(const at::Tensor& features, const at::Tensor& target_gram, int64_t normalization) {
+gram::Normalization parse_style_normalization(c10::string_view normalization) {
+  static constexpr Choice<gram::Normalization> kNormalizations[] = {{"gatys", gram::kGatys}, {"mse", gram::kMse}};
+  return parse_choice(normalization, "normalization", kNormalizations);
+}
+
+gram::Normalization check_style_args(const at::Tensor& features, const at::Tensor& target_gram,
+                                     c10::string_view normalization) {
   check_gram_features(features);
   const int64_t n = features.size(0), c = features.size(1);
   const bool shape_ok = (target_gram.dim() == 2 && target_gram.size(0) == c && target_gram.size(1) == c) ||
@@ -68,20 +71,19 @@ void check_style_args(const at::Tensor& features, const at::Tensor& target_gram,
   TORCH_CHECK(shape_ok, "target_gram must have shape [", c, ", ", c, "] or [", n, ", ", c, ", ", c,
               "] for features ", features.sizes(), ", got ", target_gram.sizes());
   const auto t = target_gram.scalar_type();
-  TORCH_CHECK(t == features.scalar_type() || t == gram_accumulate_type(features.scalar_type()),
+  TORCH_CHECK(t == features.scalar_type() || t == accumulate_type(features.scalar_type()),
               "target_gram must be ", features.scalar_type(), " (the dtype of features) or ",
-              gram_accumulate_type(features.scalar_type()), ", got ", t);
+              accumulate_type(features.scalar_type()), ", got ", t);
   TORCH_CHECK(target_gram.device() == features.device(), "target_gram must be on the device of features, got ",
               target_gram.device(), " and ", features.device());
-  TORCH_CHECK(normalization == 0 || normalization == 1, "normalization must be 0 (seed) or 1 (mse), got ",
-              normalization);
+  return parse_style_normalization(normalization);
 }
 
-void check_style_grad(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
-                      int64_t normalization) {
+gram::Normalization check_style_grad(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
+                                     c10::string_view normalization) {
   check_gram_features(features);
   const int64_t n = features.size(0), c = features.size(1);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == n, "grad must have shape [", n, "], got ", grad.sizes());
   TORCH_CHECK(diff.dim() == 3 && diff.size(0) == n && diff.size(1) == c && diff.size(2) == c,
               "diff must have shape [", n, ", ", c, ", ", c, "], got ", diff.sizes());
@@ -90,16 +92,11 @@ void check_style_grad(const at::Tensor& grad, const at::Tensor& diff, const at::
   TORCH_CHECK(grad.device() == features.device() && diff.device() == features.device(),
               "grad and diff must be on the device of features, got ", grad.device(), ", ", diff.device(),
               " and ", features.device());
-  TORCH_CHECK(normalization == 0 || normalization == 1, "normalization must be 0 (seed) or 1 (mse), got ",
-              normalization);
-}
-
-at::ScalarType gram_accumulate_type(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+  return parse_style_normalization(normalization);
 }
 
 at::Tensor gram_upper(const at::Tensor& features) {
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   const int64_t n = features.size(0), c = features.size(1);
   at::Tensor f = features_matrix(features);
   auto u = at::empty({n, c, c}, f.options().dtype(acc));
@@ -190,9 +187,9 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   // features [N, C, H, W] -> [N, C, C] in the dtype of features; divided by C * H * W when normalize.
   m.def("gram_matrix(Tensor features, bool normalize) -> Tensor");
   m.def("_gram_matrix_backward(Tensor grad, Tensor features, bool normalize) -> Tensor");
-  // normalization: 0 seed (J_style of the lecture, unnormalized Gram), 1 mse (normalized Gram, mean
-  // of squares). Returns the per-sample loss [N] and diff = a * Gram - target [N, C, C], both in
-  // float32 for half/bfloat16 features, else their dtype; diff is what the backward needs.
-  m.def("style_loss(Tensor features, Tensor target_gram, int normalization) -> (Tensor, Tensor)");
-  m.def("_style_loss_backward(Tensor grad, Tensor diff, Tensor features, int normalization) -> Tensor");
+  // normalization: "gatys" (J_style of the lecture, unnormalized Gram) or "mse" (normalized Gram,
+  // mean of squares). Returns the per-sample loss [N] and diff = a * Gram - target [N, C, C], both
+  // in float32 for half/bfloat16 features, else their dtype; diff is what the backward needs.
+  m.def("style_loss(Tensor features, Tensor target_gram, str normalization) -> (Tensor, Tensor)");
+  m.def("_style_loss_backward(Tensor grad, Tensor diff, Tensor features, str normalization) -> Tensor");
 }

@@ -6,18 +6,22 @@
 // The per-element work around them (scales, mirror, difference and loss) is each backend's,
 // with its math in csrc/kernels/gram.h.
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include "../../kernels/gram.h"
 
 namespace fastmtl {
 
 // Argument checks shared by the CPU and CUDA kernels; messages name the argument.
 void check_gram_features(const at::Tensor& features);
 void check_gram_grad(const at::Tensor& grad, const at::Tensor& features);
-void check_style_args(const at::Tensor& features, const at::Tensor& target_gram, int64_t normalization);
-void check_style_grad(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
-                      int64_t normalization);
-
-// Type the kernels accumulate and the style loss returns in: float32 for half and bfloat16.
-at::ScalarType gram_accumulate_type(at::ScalarType t);
+// The style-loss normalization named "gatys" or "mse"; else an error starting "Invalid normalization".
+gram::Normalization parse_style_normalization(c10::string_view normalization);
+// Both return the normalization that `normalization` names.
+gram::Normalization check_style_args(const at::Tensor& features, const at::Tensor& target_gram,
+                                     c10::string_view normalization);
+gram::Normalization check_style_grad(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
+                                     c10::string_view normalization);
 
 // U = F F^T per sample for features [N, C, H, W], as [N, C, C] in the accumulate type, with only
 // the blocks on and above the diagonal computed: every (i, j) with i <= j is valid, the rest is

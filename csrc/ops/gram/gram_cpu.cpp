@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../../kernels/gram.h"
+#include "../checks.h"
 #include "gram.h"
 
 namespace fastmtl {
@@ -97,7 +98,7 @@ at::Tensor gram_matrix_cpu(const at::Tensor& features, bool normalize) {
 at::Tensor gram_matrix_backward_cpu(const at::Tensor& grad, const at::Tensor& features, bool normalize) {
   check_gram_grad(grad, features);
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   if (features.numel() == 0) return symmetric_times_features(at::empty({n, c, c}, grad.options().dtype(acc)), features);
   const at::Tensor g = grad.to(acc).contiguous();
   auto m = at::empty({n, c, c}, g.options());
@@ -109,10 +110,10 @@ at::Tensor gram_matrix_backward_cpu(const at::Tensor& grad, const at::Tensor& fe
 }
 
 std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& features, const at::Tensor& target_gram,
-                                                  int64_t normalization) {
-  check_style_args(features, target_gram, normalization);
+                                                  c10::string_view normalization) {
+  const gram::Normalization norm = check_style_args(features, target_gram, normalization);
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   auto loss = at::zeros({n}, features.options().dtype(acc));
   auto diff = at::empty({n, c, c}, features.options().dtype(acc));
   if (diff.numel() == 0) return {loss, diff};
@@ -120,21 +121,21 @@ std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& features, co
   const at::Tensor t = target_gram.to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES(acc, "style_loss_cpu", [&] {
     style_forward<scalar_t>(u.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-                            t.dim() == 3 ? c * c : 0, n, c, gram::style_scales(normalization, c, p),
+                            t.dim() == 3 ? c * c : 0, n, c, gram::style_scales(norm, c, p),
                             diff.mutable_data_ptr<scalar_t>(), loss.mutable_data_ptr<scalar_t>());
   });
   return {loss, diff};
 }
 
 at::Tensor style_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
-                                   int64_t normalization) {
-  check_style_grad(grad, diff, features, normalization);
+                                   c10::string_view normalization) {
+  const gram::Normalization norm = check_style_grad(grad, diff, features, normalization);
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   auto m = at::empty({n, c, c}, diff.options());
   if (features.numel() == 0) return symmetric_times_features(m, features);
   const at::Tensor g = grad.contiguous(), d = diff.contiguous();
-  const gram::StyleScales k = gram::style_scales(normalization, c, p);
+  const gram::StyleScales k = gram::style_scales(norm, c, p);
   AT_DISPATCH_FLOATING_TYPES(acc, "style_loss_backward_cpu", [&] {
     symmetrize<scalar_t>(d.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), n, c,
                          static_cast<scalar_t>(2.0 * k.s * k.a), m.mutable_data_ptr<scalar_t>());

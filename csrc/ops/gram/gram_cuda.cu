@@ -11,18 +11,20 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cub/block/block_reduce.cuh>
+
 #include <algorithm>
 #include <tuple>
 
 #include "../../kernels/gram.h"
+#include "../checks.h"
+#include "../common.h"
 #include "gram.h"
 
 namespace fastmtl {
 namespace {
 
 constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8); }
 
 // out[n, i, j] = scale * U[n, min(i,j), max(i,j)], grid-stride over the N * C * C elements.
 template <typename scalar_t>
@@ -52,7 +54,8 @@ __global__ void symmetrize_kernel(const T* __restrict__ d, const T* __restrict__
 template <typename T>
 __global__ void style_rows_kernel(const T* __restrict__ u, const T* __restrict__ target, int64_t target_stride,
                                   int64_t c, T a, T* __restrict__ diff, T* __restrict__ rows) {
-  __shared__ T shared[kThreads / 32];
+  using BlockSum = cub::BlockReduce<T, kThreads>;
+  __shared__ typename BlockSum::TempStorage storage;
   const int64_t s = blockIdx.x / c, i = blockIdx.x % c;
   const T* us = u + s * c * c;
   const T* ts = target + s * target_stride;
@@ -63,14 +66,8 @@ __global__ void style_rows_kernel(const T* __restrict__ u, const T* __restrict__
     o[j] = v;
     acc += v * v;
   }
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    T total = T(0);
-    for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
-    rows[s * c + i] = total;
-  }
+  const T total = BlockSum(storage).Sum(acc);  // valid in thread 0
+  if (threadIdx.x == 0) rows[s * c + i] = total;
 }
 
 // loss[n] = s * sum of the row sums of sample n, in row order.
@@ -89,7 +86,7 @@ template <typename scalar_t>
 void launch_mirror(const at::Tensor& u, double scale, at::Tensor& out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t total = out.numel(), c = out.size(1);
-  mirror_kernel<scalar_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  mirror_kernel<scalar_t><<<grid_stride_blocks(total, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       u.const_data_ptr<T>(), total, c, static_cast<T>(scale), out.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -97,7 +94,7 @@ void launch_mirror(const at::Tensor& u, double scale, at::Tensor& out) {
 template <typename T>
 void launch_symmetrize(const at::Tensor& d, const T* per_sample, double coef, at::Tensor& m) {
   const int64_t total = m.numel(), c = m.size(1);
-  symmetrize_kernel<T><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  symmetrize_kernel<T><<<grid_stride_blocks(total, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       d.const_data_ptr<T>(), per_sample, total, c, static_cast<T>(coef), m.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -112,7 +109,7 @@ void launch_style_forward(const at::Tensor& u, const at::Tensor& t, gram::StyleS
       u.const_data_ptr<T>(), t.const_data_ptr<T>(), t.dim() == 3 ? c * c : 0, c, static_cast<T>(k.a),
       diff.mutable_data_ptr<T>(), rows.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  style_sum_kernel<T><<<(n + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+  style_sum_kernel<T><<<ceil_div(n, kThreads), kThreads, 0, stream>>>(
       rows.const_data_ptr<T>(), n, c, k.s, loss.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -134,7 +131,7 @@ at::Tensor gram_matrix_backward_cuda(const at::Tensor& grad, const at::Tensor& f
   check_gram_grad(grad, features);
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   auto m = at::empty({n, c, c}, grad.options().dtype(acc));
   if (features.numel() == 0) return symmetric_times_features(m, features);
   const at::Tensor g = grad.to(acc).contiguous();
@@ -145,32 +142,32 @@ at::Tensor gram_matrix_backward_cuda(const at::Tensor& grad, const at::Tensor& f
 }
 
 std::tuple<at::Tensor, at::Tensor> style_loss_cuda(const at::Tensor& features, const at::Tensor& target_gram,
-                                                   int64_t normalization) {
-  check_style_args(features, target_gram, normalization);
+                                                   c10::string_view normalization) {
+  const gram::Normalization norm = check_style_args(features, target_gram, normalization);
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   auto loss = at::zeros({n}, features.options().dtype(acc));
   auto diff = at::empty({n, c, c}, features.options().dtype(acc));
   if (diff.numel() == 0) return {loss, diff};
   const at::Tensor u = gram_upper(features);
   const at::Tensor t = target_gram.to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES(acc, "style_loss_cuda", [&] {
-    launch_style_forward<scalar_t>(u, t, gram::style_scales(normalization, c, p), diff, loss);
+    launch_style_forward<scalar_t>(u, t, gram::style_scales(norm, c, p), diff, loss);
   });
   return {loss, diff};
 }
 
 at::Tensor style_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& diff, const at::Tensor& features,
-                                    int64_t normalization) {
-  check_style_grad(grad, diff, features, normalization);
+                                    c10::string_view normalization) {
+  const gram::Normalization norm = check_style_grad(grad, diff, features, normalization);
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t n = features.size(0), c = features.size(1), p = features.size(2) * features.size(3);
-  const auto acc = gram_accumulate_type(features.scalar_type());
+  const auto acc = accumulate_type(features.scalar_type());
   auto m = at::empty({n, c, c}, diff.options());
   if (features.numel() == 0) return symmetric_times_features(m, features);
   const at::Tensor g = grad.contiguous(), d = diff.contiguous();
-  const gram::StyleScales k = gram::style_scales(normalization, c, p);
+  const gram::StyleScales k = gram::style_scales(norm, c, p);
   AT_DISPATCH_FLOATING_TYPES(acc, "style_loss_backward_cuda", [&] {
     launch_symmetrize<scalar_t>(d, g.const_data_ptr<scalar_t>(), 2.0 * k.s * k.a, m);
   });

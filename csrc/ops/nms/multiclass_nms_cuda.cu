@@ -154,7 +154,7 @@ Detections multiclass_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores
     using K = at::opmath_type<scalar_t>;  // float, or double: holds every score exactly
     auto keys = at::empty({images, sz.candidates}, s.options().dtype(c10::CppTypeToScalarType<K>::value));
     const int64_t total = keys.numel();
-    const int64_t grid = std::min<int64_t>((total + 255) / 256, 65535);
+    const int64_t grid = grid_stride_blocks(total, 256);
     candidate_keys_kernel<<<grid, 256, 0, stream>>>(s.const_data_ptr<scalar_t>(), total, score_threshold,
                                                    keys.mutable_data_ptr<K>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

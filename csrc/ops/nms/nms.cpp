@@ -9,12 +9,9 @@
 #include <cmath>
 
 #include "../../kernels/nms.h"
+#include "../checks.h"
 
 namespace fastmtl {
-
-static bool is_box_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
                     double iou_threshold) {
@@ -22,10 +19,8 @@ void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at:
   TORCH_CHECK(scores.dim() == 1, "scores must have shape [N], got ", scores.sizes());
   TORCH_CHECK(boxes.size(0) == scores.size(0), "boxes and scores must hold the same number of boxes, got ",
               boxes.size(0), " and ", scores.size(0));
-  TORCH_CHECK(is_box_float(boxes.scalar_type()), "boxes must be float32, float64, float16 or bfloat16, got ",
-              boxes.scalar_type());
-  TORCH_CHECK(is_box_float(scores.scalar_type()), "scores must be float32, float64, float16 or bfloat16, got ",
-              scores.scalar_type());
+  check_kernel_float(boxes, "boxes");
+  check_kernel_float(scores, "scores");
   TORCH_CHECK(boxes.device() == scores.device(), "boxes and scores must be on the same device, got ",
               boxes.device(), " and ", scores.device());
   if (idxs != nullptr) {
@@ -50,10 +45,8 @@ void check_multiclass_nms_args(const at::Tensor& boxes, const at::Tensor& scores
   TORCH_CHECK(!per_class || (scores.dim() == 3 && boxes.size(2) == scores.size(2)),
               "boxes of shape [B, N, C, 4] need scores of shape [B, N, C], got ", boxes.sizes(), " and ",
               scores.sizes());
-  TORCH_CHECK(is_box_float(boxes.scalar_type()), "boxes must be float32, float64, float16 or bfloat16, got ",
-              boxes.scalar_type());
-  TORCH_CHECK(is_box_float(scores.scalar_type()), "scores must be float32, float64, float16 or bfloat16, got ",
-              scores.scalar_type());
+  check_kernel_float(boxes, "boxes");
+  check_kernel_float(scores, "scores");
   TORCH_CHECK(boxes.device() == scores.device(), "boxes and scores must be on the same device, got ",
               boxes.device(), " and ", scores.device());
   TORCH_CHECK(!std::isnan(iou_threshold), "iou_threshold must not be NaN");
@@ -61,13 +54,19 @@ void check_multiclass_nms_args(const at::Tensor& boxes, const at::Tensor& scores
   TORCH_CHECK(max_detections >= 0, "max_detections must be >= 0, got ", max_detections);
 }
 
-void check_soft_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
-                         double iou_threshold, double sigma, double score_threshold, int64_t method) {
+nms::SoftMethod parse_soft_nms_method(c10::string_view method) {
+  static constexpr Choice<nms::SoftMethod> kMethods[] = {{"linear", nms::kLinear}, {"gaussian", nms::kGaussian}};
+  return parse_choice(method, "method", kMethods);
+}
+
+nms::SoftMethod check_soft_nms_args(const at::Tensor& boxes, const at::Tensor& scores,
+                                    const std::optional<at::Tensor>& idxs, double iou_threshold, double sigma,
+                                    double score_threshold, c10::string_view method) {
   check_nms_args(boxes, scores, idxs ? &*idxs : nullptr, iou_threshold);
-  TORCH_CHECK(method == nms::kLinear || method == nms::kGaussian,
-              "method must be 0 (linear) or 1 (gaussian), got ", method);
+  const nms::SoftMethod decay = parse_soft_nms_method(method);
   TORCH_CHECK(sigma > 0, "sigma must be > 0, got ", sigma);
   TORCH_CHECK(!std::isnan(score_threshold), "score_threshold must not be NaN");
+  return decay;
 }
 
 Detections empty_detections(const at::Tensor& boxes, const at::Tensor& scores,
@@ -90,8 +89,8 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   m.def(
       "multiclass_nms(Tensor boxes, Tensor scores, float iou_threshold, float score_threshold, "
       "int max_detections) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Soft-NMS: kept indices in selection order and their decayed scores. method: 0 linear, 1 gaussian.
+  // Soft-NMS: kept indices in selection order and their decayed scores. method: "linear" or "gaussian".
   m.def(
       "soft_nms(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, float sigma, "
-      "float score_threshold, int method) -> (Tensor, Tensor)");
+      "float score_threshold, str method) -> (Tensor, Tensor)");
 }

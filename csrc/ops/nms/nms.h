@@ -1,11 +1,14 @@
 #pragma once
 // Shared declarations of non-maximum suppression.
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 #include <cmath>
 #include <limits>
 #include <optional>
 #include <tuple>
+
+#include "../../kernels/nms.h"
 
 namespace fastmtl {
 
@@ -42,7 +45,12 @@ using Detections = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
 Detections empty_detections(const at::Tensor& boxes, const at::Tensor& scores,
                                          int64_t max_detections);
 
-void check_soft_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
-                         double iou_threshold, double sigma, double score_threshold, int64_t method);
+// The Soft-NMS decay named "linear" or "gaussian"; else an error starting "Invalid method".
+nms::SoftMethod parse_soft_nms_method(c10::string_view method);
+
+// Checks of soft_nms; returns the decay that `method` names.
+nms::SoftMethod check_soft_nms_args(const at::Tensor& boxes, const at::Tensor& scores,
+                                    const std::optional<at::Tensor>& idxs, double iou_threshold, double sigma,
+                                    double score_threshold, c10::string_view method);
 
 }  // namespace fastmtl

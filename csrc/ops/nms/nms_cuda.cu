@@ -35,8 +35,6 @@ using nms::kBlock;
 constexpr int kReduceThreads = 1024;
 static_assert(kReduceThreads >= nms::kBlock, "threads 0..63 of the reduction load the diagonal words");
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Tiles of 64 x 64 box pairs: only those on or above the diagonal (row block <= column block)
 // are needed. The triangle of a words x words grid is folded into a rectangle of
 // ceil(words / 2) rows of words + 1 tiles: rectangle row y holds triangle row y (its words - y

@@ -59,7 +59,8 @@ int64_t best_position(const T* score, int64_t n) {
 // Decays every active box but s by its overlap with s, keeping (in order) those still at or
 // above the threshold.
 template <typename T>
-void decay_and_compact(Active<T>& a, int64_t s, int64_t method, T iou_threshold, T sigma, T score_threshold) {
+void decay_and_compact(Active<T>& a, int64_t s, nms::SoftMethod method, T iou_threshold, T sigma,
+                       T score_threshold) {
   // Read before the loop: compaction overwrites position s.
   const Box<T> sel{a.x1[s], a.y1[s], a.x2[s], a.y2[s]};
   const T area_sel = a.area[s];
@@ -82,8 +83,9 @@ void decay_and_compact(Active<T>& a, int64_t s, int64_t method, T iou_threshold,
 
 std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
                                                 const std::optional<at::Tensor>& idxs, double iou_threshold,
-                                                double sigma, double score_threshold, int64_t method) {
-  check_soft_nms_args(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method);
+                                                double sigma, double score_threshold, c10::string_view method) {
+  const nms::SoftMethod decay =
+      check_soft_nms_args(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method);
   const auto b = boxes.contiguous();
   const at::Tensor c = idxs ? idxs->contiguous() : at::Tensor();
   std::vector<int64_t> keep;
@@ -101,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const a
       const int64_t best = best_position(a.score.data(), a.size);
       keep.push_back(a.index[best]);
       values.push_back(a.score[best]);
-      decay_and_compact(a, best, method, iou_t, static_cast<T>(sigma), score_t);
+      decay_and_compact(a, best, decay, iou_t, static_cast<T>(sigma), score_t);
     }
     kept_scores = at::empty({static_cast<int64_t>(values.size())}, s.options());
     std::copy(values.begin(), values.end(), kept_scores.mutable_data_ptr<T>());

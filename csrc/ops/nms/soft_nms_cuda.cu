@@ -11,6 +11,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cub/block/block_reduce.cuh>
+
 #include <cstdint>
 #include <optional>
 #include <tuple>
@@ -25,7 +27,6 @@ namespace {
 using box::Box;
 
 constexpr int kThreads = 1024;
-constexpr int kWarps = kThreads / 32;
 
 template <typename T>
 struct Best {
@@ -33,41 +34,23 @@ struct Best {
   int64_t index;  // -1: none
 };
 
-// The better of two candidates: the higher score, then the lower index.
+// The better of two candidates: the higher score, then the lower index. Active scores are never
+// NaN (a NaN score is never active: score >= threshold fails), so over distinct indices this is a
+// total order: the operator is associative and commutative, and any reduction tree (cub's
+// included) picks the same winner, the lowest index among the highest scores.
 template <typename T>
-__device__ Best<T> better(Best<T> a, Best<T> b) {
-  if (a.index < 0) return b;
-  if (b.index < 0) return a;
-  return (b.score > a.score || (b.score == a.score && b.index < a.index)) ? b : a;
-}
-
-template <typename T>
-__device__ Best<T> block_best(Best<T> mine, Best<T>* warp_best) {
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const Best<T> other{__shfl_down_sync(0xffffffffu, mine.score, offset),
-                        __shfl_down_sync(0xffffffffu, mine.index, offset)};
-    mine = better(mine, other);
+struct Better {
+  __device__ Best<T> operator()(const Best<T>& a, const Best<T>& b) const {
+    if (a.index < 0) return b;
+    if (b.index < 0) return a;
+    return (b.score > a.score || (b.score == a.score && b.index < a.index)) ? b : a;
   }
-  if (threadIdx.x % 32 == 0) warp_best[threadIdx.x / 32] = mine;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    mine = warp_best[threadIdx.x];
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const Best<T> other{__shfl_down_sync(0xffffffffu, mine.score, offset),
-                          __shfl_down_sync(0xffffffffu, mine.index, offset)};
-      mine = better(mine, other);
-    }
-    if (threadIdx.x == 0) warp_best[0] = mine;
-  }
-  __syncthreads();
-  const Best<T> best = warp_best[0];
-  __syncthreads();  // warp_best is written again next round
-  return best;
-}
+};
 
 template <typename T>
 struct Params {
-  int64_t n, method;
+  int64_t n;
+  nms::SoftMethod method;
   T iou_threshold, sigma, score_threshold;
 };
 
@@ -77,7 +60,9 @@ __global__ void __launch_bounds__(kThreads)
     soft_nms_kernel(const box_t* __restrict__ boxes, const int64_t* __restrict__ cls, Params<T> p,
                     T* __restrict__ score, uint8_t* __restrict__ active, int64_t* __restrict__ keep,
                     T* __restrict__ kept_scores, int64_t* __restrict__ count) {
-  __shared__ Best<T> warp_best[kWarps];
+  using BlockBest = cub::BlockReduce<Best<T>, kThreads>;
+  __shared__ typename BlockBest::TempStorage reduce_storage;
+  __shared__ Best<T> winner;
   const T iou_threshold = p.iou_threshold, sigma = p.sigma, score_threshold = p.score_threshold;
   for (int64_t i = threadIdx.x; i < p.n; i += kThreads) active[i] = score[i] >= score_threshold;
   __syncthreads();
@@ -85,9 +70,12 @@ __global__ void __launch_bounds__(kThreads)
   for (;; ++selected) {
     Best<T> mine{T(0), -1};
     for (int64_t i = threadIdx.x; i < p.n; i += kThreads) {
-      if (active[i]) mine = better(mine, Best<T>{score[i], i});
+      if (active[i]) mine = Better<T>{}(mine, Best<T>{score[i], i});
     }
-    const Best<T> best = block_best(mine, warp_best);
+    const Best<T> block_best = BlockBest(reduce_storage).Reduce(mine, Better<T>{});  // valid in thread 0
+    if (threadIdx.x == 0) winner = block_best;
+    __syncthreads();
+    const Best<T> best = winner;  // rewritten next round, after the barrier that ends this one
     if (best.index < 0) break;
     const int64_t s = best.index;
     if (threadIdx.x == 0) {
@@ -113,8 +101,9 @@ __global__ void __launch_bounds__(kThreads)
 
 std::tuple<at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                                                  const std::optional<at::Tensor>& idxs, double iou_threshold,
-                                                 double sigma, double score_threshold, int64_t method) {
-  check_soft_nms_args(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method);
+                                                 double sigma, double score_threshold, c10::string_view method) {
+  const nms::SoftMethod decay =
+      check_soft_nms_args(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const auto b = boxes.contiguous();
@@ -125,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& boxes, const 
   FASTMTL_DISPATCH_BOXES(b.scalar_type(), "soft_nms_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     // Thresholds compare as the doubles they are (see threshold_below), as on the CPU.
-    const Params<T> params{n, method, threshold_below<T>(iou_threshold), static_cast<T>(sigma),
+    const Params<T> params{n, decay, threshold_below<T>(iou_threshold), static_cast<T>(sigma),
                            threshold_at_or_above<T>(score_threshold)};
     // Scores are decayed in the boxes' compute type, in a copy.
     auto work = scores.to(c10::CppTypeToScalarType<T>::value, /*non_blocking=*/false, /*copy=*/true).contiguous();

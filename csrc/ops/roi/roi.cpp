@@ -6,11 +6,9 @@
 
 #include <cmath>
 
-namespace fastmtl {
+#include "../checks.h"
 
-static bool is_roi_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
+namespace fastmtl {
 
 static void check_sizes(double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0, "output_size must be positive, got (", pooled_height, ", ",
@@ -27,8 +25,7 @@ void check_roi_args(const at::Tensor& input, const at::Tensor& rois, double spat
                     int64_t pooled_width) {
   TORCH_CHECK(input.dim() == 4, "input must have shape [N, C, H, W], got ", input.sizes());
   check_rois(rois);
-  TORCH_CHECK(is_roi_float(input.scalar_type()), "input must be float32, float64, float16 or bfloat16, got ",
-              input.scalar_type());
+  check_kernel_float(input, "input");
   TORCH_CHECK(rois.scalar_type() == input.scalar_type(), "rois must have the dtype of input, got ",
               rois.scalar_type(), " and ", input.scalar_type());
   TORCH_CHECK(rois.device() == input.device(), "rois must be on the device of input, got ", rois.device(),
@@ -46,7 +43,7 @@ void check_roi_grad(const at::Tensor& grad, const at::Tensor& rois, double spati
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,
               "grad must have shape [", rois.size(0), ", ", channels, ", ", pooled_height, ", ", pooled_width,
               "], got ", grad.sizes());
-  TORCH_CHECK(is_roi_float(grad.scalar_type()) && grad.scalar_type() == rois.scalar_type(),
+  TORCH_CHECK(is_kernel_float(grad.scalar_type()) && grad.scalar_type() == rois.scalar_type(),
               "grad must have the dtype of rois, got ", grad.scalar_type(), " and ", rois.scalar_type());
   TORCH_CHECK(grad.device() == rois.device(), "grad must be on the device of rois, got ", grad.device(), " and ",
               rois.device());

@@ -34,8 +34,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 30); }
-
 // Sizes shared by the kernels.
 struct Dims {
   int64_t n, c, h, w, ph, pw;
@@ -340,7 +338,8 @@ void launch_align_forward(const at::Tensor& x, const at::Tensor& r, const Dims& 
                           int64_t sampling_ratio, bool aligned, at::Tensor& out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t total = out.numel();
-  roi_align_forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  roi_align_forward_kernel<scalar_t>
+      <<<grid_stride_blocks(total, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       x.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), d, total, static_cast<T>(scale),
       int(sampling_ratio), aligned, out.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -371,7 +370,7 @@ void launch_align_backward_deterministic(const at::Tensor& g, const at::Tensor& 
   int* sorted_keys = order + k_count;
   int* sorted_order = sorted_keys + k_count;
 
-  roi_align_prepare_kernel<scalar_t><<<blocks_for(k_count), kThreads, 0, stream>>>(
+  roi_align_prepare_kernel<scalar_t><<<grid_stride_blocks(k_count, kThreads), kThreads, 0, stream>>>(
       r.const_data_ptr<scalar_t>(), k_count, d, static_cast<T>(scale), int(sampling_ratio), aligned, info_p,
       reach_p, keys, order);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -386,15 +385,14 @@ void launch_align_backward_deterministic(const at::Tensor& g, const at::Tensor& 
   C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.mutable_data_ptr(), temp_bytes, keys, sorted_keys, order,
                                                  sorted_order, static_cast<int>(k_count), 0, end_bit, stream));
 
-  roi_bucket_kernel<<<blocks_for(d.n + 1), kThreads, 0, stream>>>(sorted_keys, static_cast<int>(k_count),
-                                                                   static_cast<int>(d.n),
-                                                                   bucket.mutable_data_ptr<int>());
+  roi_bucket_kernel<<<grid_stride_blocks(d.n + 1, kThreads), kThreads, 0, stream>>>(
+      sorted_keys, static_cast<int>(k_count), static_cast<int>(d.n), bucket.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  const int64_t tiles = (d.h * d.w + kThreads - 1) / kThreads;
+  const int64_t tiles = ceil_div(d.h * d.w, kThreads);
   const int64_t groups = (d.c + kChannels<T> - 1) / kChannels<T>;
   const int64_t items = d.n * groups * tiles;
-  roi_align_backward_gather_kernel<scalar_t><<<blocks_for(items * kThreads), kThreads, 0, stream>>>(
+  roi_align_backward_gather_kernel<scalar_t><<<grid_stride_blocks(items, 1), kThreads, 0, stream>>>(
       g.const_data_ptr<scalar_t>(), info_p, reach_p, sorted_order, bucket.const_data_ptr<int>(), d, tiles, groups,
       items, grad_input.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -417,7 +415,7 @@ void launch_align_backward(const at::Tensor& g, const at::Tensor& r, const Dims&
                        : at::zeros(grad_input.sizes(), grad_input.options().dtype(c10::CppTypeToScalarType<T>::value));
   if (std::is_same_v<T, scalar_t>) acc.zero_();
   const int64_t total = g.numel();
-  roi_align_backward_atomic_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
+  roi_align_backward_atomic_kernel<scalar_t><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
       g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), d, total, static_cast<T>(scale),
       int(sampling_ratio), aligned, acc.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -514,7 +512,8 @@ void launch_pool_forward(const at::Tensor& x, const at::Tensor& r, const Dims& d
                          at::Tensor& argmax) {
   using T = at::opmath_type<scalar_t>;
   const int64_t total = out.numel();
-  roi_pool_forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  roi_pool_forward_kernel<scalar_t>
+      <<<grid_stride_blocks(total, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       x.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), d, total, static_cast<T>(scale),
       out.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -529,7 +528,8 @@ void launch_pool_backward(const at::Tensor& g, const at::Tensor& r, const at::Te
                        ? grad_input
                        : at::zeros(grad_input.sizes(), grad_input.options().dtype(c10::CppTypeToScalarType<T>::value));
   const int64_t total = g.numel();
-  roi_pool_backward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  roi_pool_backward_kernel<scalar_t>
+      <<<grid_stride_blocks(total, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), argmax.const_data_ptr<int>(), d, total,
       acc.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
