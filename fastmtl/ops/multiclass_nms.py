@@ -63,6 +63,8 @@ def _check(boxes, scores, max_detections) -> Tensor:
         raise InputError(f"scores must be on the device of boxes, got {scores.device} and {boxes.device}")
     if not isinstance(max_detections, int) or isinstance(max_detections, bool) or max_detections < 0:
         raise InputError(f"max_detections must be an int >= 0, got {max_detections!r}")
+    if max_detections > 2**31 - 1:
+        raise InputError(f"max_detections must be at most 2^31 - 1, got {max_detections}")
     return boxes if boxes.is_floating_point() else boxes.float()
 
 
@@ -114,6 +116,8 @@ def multiclass_nms(
 def _register() -> None:
     @torch.library.register_fake("fastmtl::multiclass_nms")
     def _(boxes, scores, iou_threshold, score_threshold, max_detections):
+        if max_detections > 2**31 - 1:
+            raise InputError(f"max_detections must be at most 2^31 - 1, got {max_detections}")
         b, k = boxes.shape[0], max_detections
         return (
             boxes.new_empty((b, k, 4)),

@@ -26,12 +26,31 @@ __all__ = ["RoIAlign", "RoIPool", "roi_align", "roi_pool"]
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+MAX_INT32 = 2**31 - 1  # the kernels index bins and pixels with 32-bit ints
+MAX_SAMPLING_RATIO = 2**20  # roi::kMaxGrid
+
+
 def _output_size(output_size) -> tuple:
     size = (output_size, output_size) if isinstance(output_size, int) else output_size
     ok = isinstance(size, (tuple, list)) and len(size) == 2
     if not ok or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise InputError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
+    check_limits(int(size[0]), int(size[1]), -1, 1, 1)
     return int(size[0]), int(size[1])
+
+
+def check_limits(pooled_height, pooled_width, sampling_ratio, height, width) -> None:
+    """The C++ checks' size limits, for the wrappers and the fake kernels alike."""
+    if pooled_height > MAX_INT32 or pooled_width > MAX_INT32 or pooled_height * pooled_width > MAX_INT32:
+        raise InputError(
+            f"output_size ({pooled_height}, {pooled_width}) is too large: at most 2^31 - 1 bins per roi"
+        )
+    if sampling_ratio > MAX_SAMPLING_RATIO:
+        raise InputError(
+            f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (<= 0: adaptive), got {sampling_ratio}"
+        )
+    if height * width > MAX_INT32:
+        raise InputError(f"input: a feature map of {height} x {width} is too large: at most 2^31 - 1 pixels")
 
 
 def _list_to_rois(boxes: list[Tensor]) -> Tensor:
@@ -158,6 +177,7 @@ def _roi_align_eager(
     rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale)
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
         raise InputError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    check_limits(ph, pw, sampling_ratio, input.shape[2], input.shape[3])
     aligned = bool(aligned)
     deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
     if not use_compiled(input, "roi_align"):
@@ -195,6 +215,7 @@ def roi_pool(
 
 def _roi_pool_eager(input, boxes, output_size, spatial_scale) -> Tensor:
     rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale)
+    check_limits(ph, pw, -1, input.shape[2], input.shape[3])
     if not use_compiled(input, "roi_pool"):
         return _reference.roi_pool(input, rois, scale, ph, pw)
     return torch.ops.fastmtl.roi_pool(input, rois, scale, ph, pw)[0]
@@ -243,10 +264,12 @@ def _register() -> None:
     def _(
         input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, deterministic=False
     ):
+        check_limits(pooled_height, pooled_width, sampling_ratio, input.shape[2], input.shape[3])
         return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
     @torch.library.register_fake(lib + "roi_pool")
     def _(input, rois, spatial_scale, pooled_height, pooled_width):
+        check_limits(pooled_height, pooled_width, -1, input.shape[2], input.shape[3])
         shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
         return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
 

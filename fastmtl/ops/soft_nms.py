@@ -53,6 +53,14 @@ def soft_nms(
     return keep, new_scores
 
 
+def _check_sigma(sigma: float, boxes_dtype: torch.dtype) -> None:
+    # In the compute type: a tiny double rounds to 0 in float32, and exp(-iou^2 / 0) is NaN.
+    wide = boxes_dtype == torch.float64
+    if not (sigma > 0 if wide else float(torch.tensor(float(sigma), dtype=torch.float32)) > 0):
+        where = "float64" if wide else "float32 (the compute type of these boxes)"
+        raise InputError(f"sigma must be > 0 in {where}, got {sigma!r}")
+
+
 def _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method, idxs):
     boxes, scores, iou_threshold = _check(boxes, scores, iou_threshold)
     # The kernels do not check for NaN; the output size is read back on CUDA anyway.
@@ -61,8 +69,7 @@ def _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method
     for name, value in (("sigma", sigma), ("score_threshold", score_threshold)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
             raise InputError(f"{name} must be a number, got {value!r}")
-    if not sigma > 0:
-        raise InputError(f"sigma must be > 0, got {sigma!r}")
+    _check_sigma(sigma, boxes.dtype)
     if idxs is not None:
         idxs = _check_idxs(idxs, boxes)
     _check_not_meta(boxes)
@@ -76,6 +83,7 @@ def _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method
 def _register() -> None:
     @torch.library.register_fake("fastmtl::soft_nms")
     def _(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method):
+        _check_sigma(sigma, boxes.dtype)
         check_choice("method", method, METHODS)
         k = torch.library.get_ctx().new_dynamic_size()
         return boxes.new_empty((k,), dtype=torch.int64), scores.new_empty((k,))

@@ -7,6 +7,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <cmath>
+#include <limits>
 
 #include "../../kernels/nms.h"
 #include "../checks.h"
@@ -52,6 +53,9 @@ void check_multiclass_nms_args(const at::Tensor& boxes, const at::Tensor& scores
   TORCH_CHECK(!std::isnan(iou_threshold), "iou_threshold must not be NaN");
   TORCH_CHECK(!std::isnan(score_threshold), "score_threshold must not be NaN");
   TORCH_CHECK(max_detections >= 0, "max_detections must be >= 0, got ", max_detections);
+  // Slots are indexed with 32-bit ints in the kernels; the padded outputs are B x K.
+  TORCH_CHECK_VALUE(max_detections <= std::numeric_limits<int32_t>::max(),
+                    "max_detections must be at most 2^31 - 1, got ", max_detections);
 }
 
 nms::SoftMethod parse_soft_nms_method(c10::string_view method) {
@@ -64,7 +68,10 @@ nms::SoftMethod check_soft_nms_args(const at::Tensor& boxes, const at::Tensor& s
                                     double score_threshold, c10::string_view method) {
   check_nms_args(boxes, scores, idxs ? &*idxs : nullptr, iou_threshold);
   const nms::SoftMethod decay = parse_soft_nms_method(method);
-  TORCH_CHECK(sigma > 0, "sigma must be > 0, got ", sigma);
+  // In the boxes' compute type: a tiny double rounds to 0 in float32, and exp(-iou^2 / 0) is NaN.
+  const bool wide = boxes.scalar_type() == at::kDouble;
+  TORCH_CHECK_VALUE(wide ? sigma > 0 : static_cast<float>(sigma) > 0.0f, "sigma must be > 0 in ",
+                    wide ? "float64" : "float32 (the compute type of these boxes)", ", got ", sigma);
   TORCH_CHECK(!std::isnan(score_threshold), "score_threshold must not be NaN");
   return decay;
 }
@@ -73,8 +80,13 @@ Detections empty_detections(const at::Tensor& boxes, const at::Tensor& scores,
                                          int64_t max_detections) {
   const int64_t b = boxes.size(0), k = max_detections;
   const auto longs = boxes.options().dtype(at::kLong);
-  return {at::zeros({b, k, 4}, boxes.options()), at::zeros({b, k}, scores.options()), at::full({b, k}, -1, longs),
-          at::full({b, k}, -1, longs), at::zeros({b}, longs)};
+  try {
+    return {at::zeros({b, k, 4}, boxes.options()), at::zeros({b, k}, scores.options()),
+            at::full({b, k}, -1, longs), at::full({b, k}, -1, longs), at::zeros({b}, longs)};
+  } catch (const c10::Error& e) {  // name the argument rather than the allocator
+    TORCH_CHECK_VALUE(false, "max_detections = ", k, ": the padded outputs of ", b, " x ", k,
+                      " detections do not fit in memory (", e.what_without_backtrace(), ")");
+  }
 }
 
 }  // namespace fastmtl

@@ -5,16 +5,41 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 #include "../checks.h"
+#include "../../kernels/roi.h"
 
 namespace fastmtl {
+
+// The kernels index bins, planes and samples with 32-bit ints (roi_pool's argmax is int32).
+constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
 
 static void check_sizes(double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0, "output_size must be positive, got (", pooled_height, ", ",
               pooled_width, ")");
+  TORCH_CHECK_VALUE(pooled_height <= kMaxInt && pooled_width <= kMaxInt && pooled_height * pooled_width <= kMaxInt,
+                    "output_size (", pooled_height, ", ", pooled_width,
+                    ") is too large: at most 2^31 - 1 bins per roi");
   TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, "spatial_scale must be finite and > 0, got ",
               spatial_scale);
+}
+
+static void check_plane(int64_t height, int64_t width, const char* name) {
+  TORCH_CHECK_VALUE(height <= kMaxInt && width <= kMaxInt && height * width <= kMaxInt, name,
+                    ": a feature map of ", height, " x ", width, " is too large: at most 2^31 - 1 pixels");
+}
+
+void check_sampling_ratio(int64_t sampling_ratio) {
+  TORCH_CHECK_VALUE(sampling_ratio <= roi::kMaxGrid, "sampling_ratio must be at most ", roi::kMaxGrid,
+                    " (<= 0: adaptive), got ", sampling_ratio);
+}
+
+// The scale in the kernels' compute type: a tiny double can round to 0 in float32.
+static void check_scale_for(double spatial_scale, at::ScalarType t) {
+  TORCH_CHECK_VALUE(t == at::kDouble || static_cast<float>(spatial_scale) > 0.0f,
+                    "spatial_scale must be > 0 in float32 (the kernels' compute type for ", t, "), got ",
+                    spatial_scale);
 }
 
 static void check_rois(const at::Tensor& rois) {
@@ -31,6 +56,8 @@ void check_roi_args(const at::Tensor& input, const at::Tensor& rois, double spat
   TORCH_CHECK(rois.device() == input.device(), "rois must be on the device of input, got ", rois.device(),
               " and ", input.device());
   check_sizes(spatial_scale, pooled_height, pooled_width);
+  check_scale_for(spatial_scale, input.scalar_type());
+  check_plane(input.size(2), input.size(3), "input");
 }
 
 void check_roi_grad(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale, int64_t pooled_height,
@@ -39,6 +66,7 @@ void check_roi_grad(const at::Tensor& grad, const at::Tensor& rois, double spati
   check_sizes(spatial_scale, pooled_height, pooled_width);
   TORCH_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0,
               "input sizes must be >= 0, got [", batch_size, ", ", channels, ", ", height, ", ", width, "]");
+  check_plane(height, width, "input");
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,
               "grad must have shape [", rois.size(0), ", ", channels, ", ", pooled_height, ", ", pooled_width,

@@ -213,6 +213,7 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
                          int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned,
                          bool deterministic) {
   check_roi_args(input, rois, spatial_scale, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
   auto out = at::empty({k, c, pooled_height, pooled_width}, input.options());
   if (out.numel() == 0) return out;
@@ -261,6 +262,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
                                   bool deterministic) {
   check_roi_grad(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width);
+  check_sampling_ratio(sampling_ratio);
   auto grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
   const int64_t k = rois.size(0);
   if (grad_input.numel() == 0 || k == 0) return grad_input;

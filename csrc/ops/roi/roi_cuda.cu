@@ -426,6 +426,7 @@ at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, doubl
                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned,
                           bool deterministic) {
   check_roi_args(input, rois, spatial_scale, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   const c10::cuda::CUDAGuard guard(input.device());
   const Dims d{input.size(0), input.size(1), input.size(2), input.size(3), pooled_height, pooled_width};
   auto out = at::empty({rois.size(0), d.c, pooled_height, pooled_width}, input.options());
@@ -443,6 +444,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
                                    bool aligned, bool deterministic) {
   check_roi_grad(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width);
+  check_sampling_ratio(sampling_ratio);
   const c10::cuda::CUDAGuard guard(grad.device());
   auto grad_input = at::empty({batch_size, channels, height, width}, grad.options());
   if (grad_input.numel() == 0) return grad_input;

@@ -1,0 +1,125 @@
+"""Absurd sizes and parameters get a Python exception naming the argument and the limit, through
+the public function, the dispatcher op and the fake kernel alike; never a crash, an allocator
+message or a silently wrong result. Each case here was found by an adversarial run (issue 10).
+
+Crash-prone calls run in a subprocess, so that a regression fails the test instead of the run.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import fastmtl.ops as F
+
+from tests.utils import compiled_only
+
+pytestmark = compiled_only
+
+BIG = 2**32 + 2  # past 2^32: narrowed to 2 by a 32-bit cast
+X = torch.rand(1, 2, 8, 8)
+ROIS = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])
+
+
+def _in_subprocess(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "F.roi_pool(x, r, (2**32 + 2, 1))",
+        "F.roi_align(x, r, (1, 2**32 + 1), 1.0, 1)",
+        "torch.ops.fastmtl.roi_pool(x, r, 1.0, 2**32 + 2, 1)",
+        "torch.ops.fastmtl.roi_align(x, r, 1.0, 1, 2**32 + 1, 1, False)",
+        "torch.ops.fastmtl.roi_align(x, r, 1.0, 2, 2, 2**40, False)",
+    ],
+)
+def test_huge_roi_sizes_raise_in_a_clean_process(call):
+    """Once a segfault (roi_pool) and wrong values (roi_align): sizes narrowed to 32 bits."""
+    result = _in_subprocess(
+        f"""
+        import torch, fastmtl.ops as F
+        x = torch.rand(1, 2, 8, 8); r = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])
+        try:
+            {call}
+        except ValueError as e:
+            print("ValueError:", e)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ValueError:" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert "output_size" in result.stdout or "sampling_ratio" in result.stdout
+
+
+@pytest.mark.parametrize("size", [(2**31, 1), (1, 2**31), (2**16, 2**16)])
+def test_output_size_limit_is_named(size):
+    for fn in (F.roi_align, F.roi_pool):
+        with pytest.raises(ValueError, match="output_size.*2\\^31"):
+            fn(X, ROIS, size)
+
+
+def test_sampling_ratio_limit():
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        F.roi_align(X, ROIS, 2, 1.0, 2**20 + 1)
+    F.roi_align(X, ROIS, 2, 1.0, 64)  # large but sane: fine
+
+
+def test_fake_kernels_reject_what_the_real_ones_reject():
+    """torch.compile / torch.export trace with fake tensors: they must not accept a program that
+    then fails at run time."""
+    with FakeTensorMode() as mode:
+        x, r = mode.from_tensor(X), mode.from_tensor(ROIS)
+        with pytest.raises(ValueError, match="output_size"):
+            torch.ops.fastmtl.roi_align(x, r, 1.0, 1, 2**32 + 1, 1, False)
+        with pytest.raises(ValueError, match="sampling_ratio"):
+            torch.ops.fastmtl.roi_align(x, r, 1.0, 2, 2, 2**40, False)
+        with pytest.raises(ValueError, match="output_size"):
+            torch.ops.fastmtl.roi_pool(x, r, 1.0, 2**32 + 2, 1)
+        boxes, scores = mode.from_tensor(torch.rand(1, 3, 4)), mode.from_tensor(torch.rand(1, 3))
+        with pytest.raises(ValueError, match="max_detections"):
+            torch.ops.fastmtl.multiclass_nms(boxes, scores, 0.5, 0.0, 2**62)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_soft_nms_sigma_is_checked_in_the_compute_type(dtype):
+    """sigma=1e-50 passed a double check, became 0 in float32 and dropped disjoint boxes (NaN)."""
+    boxes = torch.tensor([[0.0, 0, 1, 1], [5, 5, 6, 6]], dtype=dtype)
+    scores = torch.tensor([0.9, 0.8])
+    for call in (
+        lambda: F.soft_nms(boxes, scores, method="gaussian", sigma=1e-50),
+        lambda: torch.ops.fastmtl.soft_nms(boxes, scores, None, 0.3, 1e-50, 0.001, "gaussian"),
+    ):
+        with pytest.raises(ValueError, match="sigma.*float32"):
+            call()
+    # float64 boxes compute in float64, where 1e-50 is a fine sigma: the disjoint box stays
+    keep, _ = F.soft_nms(boxes.double(), scores, method="gaussian", sigma=1e-50)
+    assert keep.tolist() == [0, 1]
+
+
+def test_max_detections_limit_is_named():
+    boxes, scores = torch.rand(1, 3, 4), torch.rand(1, 3)
+    for call in (
+        lambda: F.multiclass_nms(boxes, scores, 0.5, 0.0, 2**62),
+        lambda: torch.ops.fastmtl.multiclass_nms(boxes, scores, 0.5, 0.0, 2**62),
+    ):
+        with pytest.raises(ValueError, match="max_detections.*2\\^31"):
+            call()
+
+
+def test_multiscale_roi_align_rejects_empty_image_shapes():
+    """Once a ZeroDivisionError."""
+    pool = F.MultiScaleRoIAlign(["a"], 2, 2)
+    with pytest.raises(ValueError, match="image_shapes"):
+        pool({"a": torch.rand(1, 1, 4, 4)}, [torch.rand(1, 4)], [(0, 0)])
+
+
+def test_tiny_spatial_scale_is_checked_in_float32():
+    with pytest.raises(ValueError, match="spatial_scale"):
+        torch.ops.fastmtl.roi_align(X, ROIS, 1e-50, 2, 2, 1, False)
+    F.roi_align(X.double(), ROIS.double(), 2, 1e-50, 1)  # float64 computes in float64: fine
