@@ -14,7 +14,6 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastmtl.ops as F
-
 from tests.utils import compiled_only
 
 pytestmark = compiled_only
