@@ -29,31 +29,38 @@ def _in_subprocess(code: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(
-    "call",
-    [
-        "F.roi_pool(x, r, (2**32 + 2, 1))",
-        "F.roi_align(x, r, (1, 2**32 + 1), 1.0, 1)",
-        "torch.ops.fastmtl.roi_pool(x, r, 1.0, 2**32 + 2, 1)",
-        "torch.ops.fastmtl.roi_align(x, r, 1.0, 1, 2**32 + 1, 1, False)",
-        "torch.ops.fastmtl.roi_align(x, r, 1.0, 2, 2, 2**40, False)",
-    ],
-)
-def test_huge_roi_sizes_raise_in_a_clean_process(call):
-    """Once a segfault (roi_pool) and wrong values (roi_align): sizes narrowed to 32 bits."""
+HUGE_CALLS = [
+    "F.roi_pool(x, r, (2**32 + 2, 1))",
+    "F.roi_align(x, r, (1, 2**32 + 1), 1.0, 1)",
+    "torch.ops.fastmtl.roi_pool(x, r, 1.0, 2**32 + 2, 1)",
+    "torch.ops.fastmtl.roi_align(x, r, 1.0, 1, 2**32 + 1, 1, False)",
+    "torch.ops.fastmtl.roi_align(x, r, 1.0, 2, 2, 2**40, False)",
+]
+
+
+def test_huge_roi_sizes_raise_in_a_clean_process():
+    """Once a segfault (roi_pool) and wrong values (roi_align): sizes narrowed to 32 bits. One
+    subprocess for all the calls (importing torch is the slow part)."""
     result = _in_subprocess(
         f"""
         import torch, fastmtl.ops as F
         x = torch.rand(1, 2, 8, 8); r = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])
-        try:
-            {call}
-        except ValueError as e:
-            print("ValueError:", e)
+        for call in {HUGE_CALLS!r}:
+            try:
+                eval(call)
+                print("RETURNED:", call)
+            except ValueError as e:
+                print("ValueError:", str(e).splitlines()[0])
         """
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "ValueError:" in result.stdout, result.stdout + result.stderr[-2000:]
-    assert "output_size" in result.stdout or "sampling_ratio" in result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(HUGE_CALLS), result.stdout
+    for call, line in zip(HUGE_CALLS, lines):
+        assert line.startswith("ValueError:") and ("output_size" in line or "sampling_ratio" in line), (
+            call,
+            line,
+        )
 
 
 @pytest.mark.parametrize("size", [(2**31, 1), (1, 2**31), (2**16, 2**16)])
