@@ -57,8 +57,12 @@ export LD_PRELOAD="$LIBASAN $LIBUBSAN${LD_PRELOAD:+ $LD_PRELOAD}"
 # detect_leaks=0: interpreter and torch allocations live until exit. Allocations above 8 GiB fail
 # (torch then raises) instead of being mapped lazily and touched on a shared machine. Torch's own
 # code is not instrumented, so container-overflow and odr checks only give false reports across it.
-export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_odr_violation=0:detect_container_overflow=0:alloc_dealloc_mismatch=0:allocator_may_return_null=1:max_allocation_size_mb=8192:handle_segv=1:print_summary=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$ROOT/tools/ubsan.supp${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+# Reports go to files (pytest captures stderr and loses it when the process aborts; tests that run
+# a subprocess keep its output): printed at the end, and any report fails the run.
+REPORTS=$BUILD/reports
+rm -rf "$REPORTS" && mkdir -p "$REPORTS"
+export ASAN_OPTIONS="log_path=$REPORTS/asan:detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_odr_violation=0:detect_container_overflow=0:alloc_dealloc_mismatch=0:allocator_may_return_null=1:max_allocation_size_mb=8192:handle_segv=1:print_summary=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="log_path=$REPORTS/ubsan:print_stacktrace=1:halt_on_error=1:suppressions=$ROOT/tools/ubsan.supp${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export FASTMTL_EXPECT_COMPILED=1 FASTMTL_CPU_ONLY=1
 unset FASTMTL_EXPECT_CUDA FORCE_CUDA
 export PYTHONDONTWRITEBYTECODE=1
@@ -70,4 +74,9 @@ start=$(date +%s)
 rc=0
 "$PY" -m pytest -q -p no:cacheprovider -m "not cuda" "$@" || rc=$?
 echo "tests in $(($(date +%s) - start)) s (exit $rc)"
+if compgen -G "$REPORTS/*" > /dev/null; then
+  for f in "$REPORTS"/*; do echo "== sanitizer report $f"; head -60 "$f"; done
+  echo "sanitizer reports (above, in $REPORTS): failing"
+  rc=1
+fi
 exit $rc
