@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+case $PY in /*) ;; */*) PY=$ROOT/$PY ;; esac  # the tests run from another folder
 CXX_BIN=${CXX:-g++}
 BUILD=$ROOT/build/sanitize
 STAGE=$BUILD/stage
