@@ -2,10 +2,11 @@
 # The one-command GPU check (`make gpu-check`): on a machine with an NVIDIA GPU, torch with CUDA
 # already installed and no network, build fastmtl for that GPU, run every CUDA test (CPU-vs-CUDA
 # agreement, sync-debug mode, CUDA-graph capture, determinism) and the GPU benchmark rows, and
-# write everything under benchmarks/results/gpu-check-<time>/. About 10 minutes on an H100 box.
-# Then compute-sanitizer (memcheck, racecheck, synccheck) over a small set of CUDA tests, each
-# tool under a time limit (GPU_CHECK_SANITIZER=0 skips it; skipped when compute-sanitizer is
-# missing), logs in sanitizer-<tool>.txt.
+# write everything under benchmarks/results/gpu-check-<time>/; then compute-sanitizer (memcheck,
+# racecheck, synccheck) over a small set of CUDA tests, each tool under a time limit
+# (GPU_CHECK_SANITIZER=0 skips it; skipped when compute-sanitizer is missing), logs in
+# sanitizer-<tool>.txt. About 10 minutes on an H100 box: an estimate, not yet timed (build, CUDA
+# tests and benchmark rows about 6, compute-sanitizer at most 4 by its time limits).
 #   PYTHON=python3 tools/gpu_check.sh          (default: python3 on PATH)
 set -uo pipefail
 cd "$(dirname "$0")/.."
