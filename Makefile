@@ -13,7 +13,7 @@ SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.c
 # ccache's compiler links, when installed, make rebuilds from a clean clone fast.
 CCACHE_PATH := $(if $(wildcard /usr/lib/ccache),/usr/lib/ccache:,)
 
-.PHONY: test bench readme build lint cmake clean gpu-check
+.PHONY: test bench readme build lint cmake clean gpu-check sanitize
 
 test: $(VENV)/.built
 	$(PY) -m pytest -q tests
@@ -45,6 +45,11 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check fastmtl tests benchmarks tools setup.py
 	$(VENV)/bin/ruff format --check fastmtl tests benchmarks tools setup.py
+
+# The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (in build/sanitize/, never
+# replacing fastmtl/_C*.so) and the op tests run under them; tools/sanitize.sh ARGS for a subset.
+sanitize: $(VENV)/.deps
+	PYTHON=$(PY) tools/sanitize.sh $(SANITIZE_ARGS)
 
 # On a machine with an NVIDIA GPU and torch installed (no venv, no network): build for that GPU,
 # run every CUDA test and the GPU benchmark rows; results under benchmarks/results/gpu-check-*/.

@@ -3,6 +3,9 @@
 CPU kernels are always built. CUDA kernels are built when torch has CUDA and nvcc is
 found, or when FORCE_CUDA=1; FASTMTL_CPU_ONLY=1 turns them off. Build against the torch
 already installed: ``pip install --no-build-isolation -e .``
+
+FASTMTL_SANITIZE=1 builds the C++ sources with AddressSanitizer and UndefinedBehaviorSanitizer
+(-O1, frame pointers, UB fatal) for tools/sanitize.sh; such a build needs libasan preloaded.
 """
 
 import glob
@@ -75,6 +78,15 @@ def _extension():
     cxx = ["-O3", "-g0", "-fvisibility=hidden", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     cxx += ["-ffp-contract=off"]
     link = ["-fopenmp"]
+    if _flag("FASTMTL_SANITIZE"):
+        # tools/sanitize.sh: -O1 keeps the build quick and the reports readable; -fno-wrapv undoes
+        # Python's -fwrapv, under which signed overflow is defined and UBSan would not check it.
+        # float-cast-overflow (a float out of an int's range cast to it, e.g. a huge box
+        # coordinate) is not part of GCC's "undefined"; float division by zero is meant (0/0 IoU).
+        san = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-omit-frame-pointer"]
+        san += ["-fno-sanitize-recover=undefined,float-cast-overflow"]
+        cxx = [f for f in cxx if f not in ("-O3", "-g0")] + ["-O1", "-g", "-fno-wrapv"] + san
+        link += san
     if not _want_cuda():
         return cpp_extension.CppExtension(
             "fastmtl._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
