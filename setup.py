@@ -119,7 +119,7 @@ setup(
     # 2.8: the Gram kernels' bmm with out_dtype (float32 output from half input on CUDA).
     install_requires=["torch>=2.8", "numpy"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "torchvision"],
+        "test": ["hypothesis", "pytest", "pytest-benchmark", "torchvision"],
         # The demos: progress bars, plots, PNGs and the sample photos of scikit-image.
         "demo": ["tqdm", "matplotlib", "pillow", "scikit-image"],
     },

@@ -112,3 +112,70 @@ def check_reduction(reduction: str) -> None:
     # "Invalid", as torchvision's messages: code written against it matches on the word.
     if reduction not in ("none", "mean", "sum"):
         raise InputError(f"Invalid value for reduction: {reduction!r}; expected 'none', 'mean' or 'sum'")
+
+
+# The C++ argument checks of the NMS ops (csrc/ops/nms/nms.cpp), for their fake kernels: a traced
+# program fails where the real call would, with the same message.
+_KERNEL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_kernel_float(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in _KERNEL_FLOATS:
+        raise InputError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+
+
+def _nan(name: str, value: float) -> None:
+    if value != value:
+        raise InputError(f"{name} must not be NaN")
+
+
+def check_nms_op_args(boxes, scores, idxs, iou_threshold) -> None:
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise InputError(f"boxes must have shape [N, 4], got {list(boxes.shape)}")
+    if scores.dim() != 1:
+        raise InputError(f"scores must have shape [N], got {list(scores.shape)}")
+    if boxes.shape[0] != scores.shape[0]:
+        raise InputError(
+            f"boxes and scores must hold the same number of boxes, got {boxes.shape[0]} and {scores.shape[0]}"
+        )
+    _check_kernel_float("boxes", boxes)
+    _check_kernel_float("scores", scores)
+    if boxes.device != scores.device:
+        raise InputError(
+            f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}"
+        )
+    if idxs is not None:
+        if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
+            raise InputError(f"idxs must have shape [{boxes.shape[0]}], got {list(idxs.shape)}")
+        if idxs.dtype != torch.int64:
+            raise InputError(f"idxs must be int64, got {idxs.dtype}")
+        if idxs.device != boxes.device:
+            raise InputError(f"idxs must be on the device of boxes, got {idxs.device} and {boxes.device}")
+    _nan("iou_threshold", iou_threshold)
+
+
+def check_multiclass_nms_op_args(boxes, scores, iou_threshold, score_threshold, max_detections) -> None:
+    if scores.dim() not in (2, 3):
+        raise InputError(f"scores must have shape [B, N] or [B, N, C], got {list(scores.shape)}")
+    per_class = boxes.dim() == 4
+    if boxes.dim() not in (3, 4) or boxes.shape[-1] != 4:
+        raise InputError(f"boxes must have shape [B, N, 4] or [B, N, C, 4], got {list(boxes.shape)}")
+    if boxes.shape[0] != scores.shape[0] or boxes.shape[1] != scores.shape[1]:
+        raise InputError(
+            f"boxes and scores must agree on B and N, got {list(boxes.shape)} and {list(scores.shape)}"
+        )
+    if per_class and (scores.dim() != 3 or boxes.shape[2] != scores.shape[2]):
+        raise InputError(
+            f"boxes of shape [B, N, C, 4] need scores of shape [B, N, C], got {list(boxes.shape)} and "
+            f"{list(scores.shape)}"
+        )
+    _check_kernel_float("boxes", boxes)
+    _check_kernel_float("scores", scores)
+    if boxes.device != scores.device:
+        raise InputError(
+            f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}"
+        )
+    _nan("iou_threshold", iou_threshold)
+    _nan("score_threshold", score_threshold)
+    if max_detections < 0:
+        raise InputError(f"max_detections must be >= 0, got {max_detections}")

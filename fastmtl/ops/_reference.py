@@ -147,17 +147,21 @@ def soft_nms(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method:
 
 def _align_axis_weights(lo, hi, scale, pooled, size, sampling_ratio, aligned):
     """``A[k, p, i]``: the summed bilinear weight of pixel ``i`` in the samples of bin ``p`` of roi
-    ``k`` along one axis (csrc/kernels/roi.h), and the number of samples per bin ``grid[k]``."""
+    ``k`` along one axis (csrc/kernels/roi.h), the number of samples per bin ``grid[k]``, and
+    ``taps[k, p, i]``: whether a sample of the bin reads pixel ``i`` at all (a weight 0 included:
+    the kernels multiply it, so a NaN there reaches the bin)."""
     offset = 0.5 if aligned else 0.0
     start = lo * scale - offset
     length = hi * scale - offset - start
-    if not aligned:
-        length = length.clamp(min=1.0)
+    if not aligned:  # at least 1, as the kernels' `size > 1 ? size : 1` (NaN -> 1)
+        length = torch.where(length > 1, length, torch.ones_like(length))
     bin_size = length / pooled
     if sampling_ratio > 0:
         grid = torch.full_like(length, float(sampling_ratio))
     else:
-        grid = torch.ceil(length / pooled).clamp(min=0)
+        # As the kernels: no samples for a negative or NaN size, at most 2^20 per bin.
+        g = torch.ceil(length / pooled)
+        grid = torch.where(g > 0, g.clamp(max=float(_MAX_GRID)), torch.zeros_like(g))
     k = lo.shape[0]
     g_max = int(grid.max().item()) if k else 0
     p = torch.arange(pooled, dtype=lo.dtype, device=lo.device)[None, :, None]
@@ -171,11 +175,17 @@ def _align_axis_weights(lo, hi, scale, pooled, size, sampling_ratio, aligned):
     high = torch.where(at_end, low, low + 1)
     frac = torch.where(at_end, torch.zeros_like(pos), pos - low)
     weights = torch.zeros(k, pooled, size, dtype=lo.dtype, device=lo.device)
+    taps = torch.zeros(k, pooled, size, dtype=lo.dtype, device=lo.device)
     zero = torch.zeros_like(pos)
     for idx, w in ((low, 1 - frac), (high, frac)):
         w = torch.where(valid, w, zero)
-        weights.scatter_add_(2, idx.long().clamp(0, size - 1), w)
-    return weights, grid
+        idx = torch.where(valid, idx, zero).long().clamp(0, size - 1)
+        weights.scatter_add_(2, idx, w)
+        taps.scatter_add_(2, idx, valid.to(lo.dtype))
+    return weights, grid, taps > 0
+
+
+_MAX_GRID = 1 << 20  # csrc/kernels/roi.h kMaxGrid
 
 
 def roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
@@ -184,21 +194,48 @@ def roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_
     n, c, h, w = input.shape
     dt = compute_dtype(input.dtype)
     x, r = input.to(dt), rois.to(dt)
+    spatial_scale = float(spatial_scale)  # an int past int64 too, as the kernels' double
     k = r.shape[0]
     out = x.new_zeros((k, c, pooled_height, pooled_width))
     if k == 0 or h == 0 or w == 0:
         return out.to(input.dtype)
-    ay, gy = _align_axis_weights(r[:, 2], r[:, 4], spatial_scale, pooled_height, h, sampling_ratio, aligned)
-    ax, gx = _align_axis_weights(r[:, 1], r[:, 3], spatial_scale, pooled_width, w, sampling_ratio, aligned)
+    ay, gy, ty = _align_axis_weights(
+        r[:, 2], r[:, 4], spatial_scale, pooled_height, h, sampling_ratio, aligned
+    )
+    ax, gx, tx = _align_axis_weights(
+        r[:, 1], r[:, 3], spatial_scale, pooled_width, w, sampling_ratio, aligned
+    )
     count = (gy * gx).clamp(min=1)
     batch = r[:, 0].trunc()
     for b in range(n):
         sel = torch.nonzero((r[:, 0] > -1) & (batch == b)).flatten()
         if sel.numel():
-            rows = torch.einsum("kph,chw->kcpw", ay[sel], x[b])
-            val = torch.einsum("kcpw,kqw->kcpq", rows, ax[sel]) / count[sel, None, None, None]
-            out = out.index_put((sel,), val)
+            plane = x[b]
+            bad = ~torch.isfinite(plane)
+            if bad.any():  # NaN / inf reach only the bins that read them (0 * NaN elsewhere)
+                plane = torch.where(bad, torch.zeros_like(plane), plane)
+            rows = torch.einsum("kph,chw->kcpw", ay[sel], plane)
+            val = torch.einsum("kcpw,kqw->kcpq", rows, ax[sel])
+            if bad.any():
+                val = val + _nonfinite_terms(x[b], bad, ay[sel], ax[sel], ty[sel], tx[sel])
+            out = out.index_put((sel,), val / count[sel, None, None, None])
     return out.to(input.dtype)
+
+
+def _nonfinite_terms(plane, bad, ay, ax, ty, tx):
+    """The terms of the non-finite pixels of ``plane`` [C, H, W] in the bins that read them."""
+    k, ph, _ = ay.shape
+    pw = ax.shape[1]
+    badf = bad.to(ay.dtype)
+    touched = torch.einsum("kph,chw,kqw->kcpq", ty.to(ay.dtype), badf, tx.to(ay.dtype)) > 0
+    terms = torch.zeros(k, plane.shape[0], ph, pw, dtype=ay.dtype, device=ay.device)
+    for kk, c, p, q in torch.nonzero(touched).tolist():
+        hs, ws = torch.nonzero(ty[kk, p]).flatten(), torch.nonzero(tx[kk, q]).flatten()
+        sub = plane[c][hs][:, ws]
+        wgt = ay[kk, p, hs][:, None] * ax[kk, q, ws][None, :]
+        m = ~torch.isfinite(sub)
+        terms[kk, c, p, q] = (wgt[m] * sub[m]).sum()
+    return terms
 
 
 def _round_half_away(v: float) -> int:
@@ -209,16 +246,24 @@ def _round_half_away(v: float) -> int:
     return int(math.copysign(r, v))
 
 
+def _round_cell(v: float) -> int:
+    """The kernels' round_cell: C's round(), clamped to +-2^30 (NaN -> -2^30: a roi far off the map)."""
+    big = 1 << 30
+    if not v > -big:
+        return -big
+    return big if v >= big else _round_half_away(v)
+
+
 def roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
     """RoI max pooling in plain PyTorch (a loop over rois), differentiable in ``input``: the gradient
     of a bin goes to its max. Bin bounds are computed in the compute dtype, as the kernels do."""
     n, c, h, w = input.shape
     dt = compute_dtype(input.dtype)
     x, r = input.to(dt), rois.to(dt)
-    scale = torch.tensor(spatial_scale, dtype=dt)
+    scale = torch.tensor(float(spatial_scale), dtype=dt)
 
     def bounds(lo, hi, pooled, size):
-        start, end = (_round_half_away(float(v * scale)) for v in (lo, hi))
+        start, end = (_round_cell(float(v * scale)) for v in (lo, hi))
         bin_size = torch.tensor(float(max(end - start + 1, 1)), dtype=dt) / pooled
         for p in range(pooled):
             first = int(torch.floor(p * bin_size)) + start
@@ -235,14 +280,25 @@ def roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
         rows = list(bounds(roi[2], roi[4], pooled_height, h))
         cols = list(bounds(roi[1], roi[3], pooled_width, w))
         bins = [
-            x[b, :, h0:h1, w0:w1].reshape(c, -1).max(dim=1).values if h1 > h0 and w1 > w0 else zero
+            _bin_max(x[b, :, h0:h1, w0:w1]) if h1 > h0 and w1 > w0 else zero
             for h0, h1 in rows
             for w0, w1 in cols
         ]
         out.append(torch.stack(bins, dim=1))
     if not out:
         return input.new_zeros((0, c, pooled_height, pooled_width))
-    return torch.stack(out).reshape(-1, c, pooled_height, pooled_width).to(input.dtype)
+    return torch.stack(out).reshape(len(out), c, pooled_height, pooled_width).to(input.dtype)
+
+
+_POOL_INIT = -3.4028234663852886e38  # csrc/kernels/roi.h pool_init: -FLT_MAX in every dtype
+
+
+def _bin_max(cells: torch.Tensor) -> torch.Tensor:
+    """The max of a non-empty bin [C, h, w] as the kernels (and torchvision) take it: starting from
+    -FLT_MAX, NaN never taken (a bin of NaN or -inf only gives -FLT_MAX)."""
+    v = cells.flatten(1)
+    v = torch.where(torch.isnan(v), torch.full_like(v, -math.inf), v)
+    return v.amax(dim=1).clamp(min=_POOL_INIT)
 
 
 def gram_matrix(features: torch.Tensor, normalize: bool) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
-from fastmtl.ops._checks import InputError
+from fastmtl.ops._checks import InputError, check_multiclass_nms_op_args
 
 __all__ = ["Detections", "multiclass_nms"]
 
@@ -116,6 +116,7 @@ def multiclass_nms(
 def _register() -> None:
     @torch.library.register_fake("fastmtl::multiclass_nms")
     def _(boxes, scores, iou_threshold, score_threshold, max_detections):
+        check_multiclass_nms_op_args(boxes, scores, iou_threshold, score_threshold, max_detections)
         if max_detections > 2**31 - 1:
             raise InputError(f"max_detections must be at most 2^31 - 1, got {max_detections}")
         b, k = boxes.shape[0], max_detections

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
-from fastmtl.ops._checks import InputError, check_boxes
+from fastmtl.ops._checks import InputError, check_boxes, check_nms_op_args
 
 __all__ = ["batched_nms", "nms"]
 
@@ -123,12 +123,15 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
 
 def _register() -> None:
-    def fake(boxes, scores, *rest):
+    def fake(boxes, scores, idxs, iou_threshold):
+        check_nms_op_args(boxes, scores, idxs, iou_threshold)
         # The number of kept boxes depends on the data.
         k = torch.library.get_ctx().new_dynamic_size()
         return boxes.new_empty((k,), dtype=torch.int64)
 
-    torch.library.register_fake("fastmtl::nms")(fake)
+    torch.library.register_fake("fastmtl::nms")(
+        lambda boxes, scores, iou_threshold: fake(boxes, scores, None, iou_threshold)
+    )
     torch.library.register_fake("fastmtl::batched_nms")(fake)
 
 

@@ -53,6 +53,38 @@ def check_limits(pooled_height, pooled_width, sampling_ratio, height, width) -> 
         raise InputError(f"input: a feature map of {height} x {width} is too large: at most 2^31 - 1 pixels")
 
 
+def check_op_args(input, rois, spatial_scale, pooled_height, pooled_width) -> None:
+    """The C++ check_roi_args (csrc/ops/roi/roi.cpp) for the fake kernels: ranks, dtypes and
+    sizes, so that a traced program fails where the real call would (a meta ``input`` of rank 3,
+    a negative ``pooled_height``), with the same message."""
+    if input.dim() != 4:
+        raise InputError(f"input must have shape [N, C, H, W], got {list(input.shape)}")
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise InputError(f"rois must have shape [K, 5], got {list(rois.shape)}")
+    if input.dtype not in _KERNEL_FLOATS:
+        raise InputError(f"input must be float32, float64, float16 or bfloat16, got {input.dtype}")
+    if rois.dtype != input.dtype:
+        raise InputError(f"rois must have the dtype of input, got {rois.dtype} and {input.dtype}")
+    if rois.device != input.device:
+        raise InputError(f"rois must be on the device of input, got {rois.device} and {input.device}")
+    if not (pooled_height > 0 and pooled_width > 0):
+        raise InputError(f"output_size must be positive, got ({pooled_height}, {pooled_width})")
+    if not (math.isfinite(spatial_scale) and spatial_scale > 0):
+        raise InputError(f"spatial_scale must be finite and > 0, got {spatial_scale}")
+    if input.dtype != torch.float64 and not _f32(spatial_scale) > 0:
+        raise InputError(
+            f"spatial_scale must be > 0 in float32 (the kernels' compute type for {input.dtype}), "
+            f"got {spatial_scale}"
+        )
+
+
+_KERNEL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _f32(v: float) -> float:
+    return torch.tensor(v, dtype=torch.float32).item()
+
+
 def _list_to_rois(boxes: list[Tensor]) -> Tensor:
     """A list of ``[L, 4]`` (one per image) as ``[K, 5]`` rows ``(image index, x1, y1, x2, y2)``."""
     ids = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
@@ -264,11 +296,13 @@ def _register() -> None:
     def _(
         input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, deterministic=False
     ):
+        check_op_args(input, rois, spatial_scale, pooled_height, pooled_width)
         check_limits(pooled_height, pooled_width, sampling_ratio, input.shape[2], input.shape[3])
         return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
     @torch.library.register_fake(lib + "roi_pool")
     def _(input, rois, spatial_scale, pooled_height, pooled_width):
+        check_op_args(input, rois, spatial_scale, pooled_height, pooled_width)
         check_limits(pooled_height, pooled_width, -1, input.shape[2], input.shape[3])
         shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
         return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
-from fastmtl.ops._checks import InputError, check_choice
+from fastmtl.ops._checks import InputError, check_choice, check_nms_op_args
 from fastmtl.ops.nms import _check, _check_fallback_scores, _check_idxs, _check_not_meta
 
 __all__ = ["soft_nms"]
@@ -83,8 +83,11 @@ def _soft_nms_eager(boxes, scores, iou_threshold, sigma, score_threshold, method
 def _register() -> None:
     @torch.library.register_fake("fastmtl::soft_nms")
     def _(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method):
-        _check_sigma(sigma, boxes.dtype)
+        check_nms_op_args(boxes, scores, idxs, iou_threshold)
         check_choice("method", method, METHODS)
+        _check_sigma(sigma, boxes.dtype)
+        if score_threshold != score_threshold:
+            raise InputError("score_threshold must not be NaN")
         k = torch.library.get_ctx().new_dynamic_size()
         return boxes.new_empty((k,), dtype=torch.int64), scores.new_empty((k,))
 
