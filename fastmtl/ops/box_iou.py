@@ -11,6 +11,8 @@ differentiable plain-PyTorch formula. Batched pairwise input ``[..., N, 4]`` is 
 broadcast plain-PyTorch formula (the kernels take ``[N, 4]``).
 """
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -167,6 +169,29 @@ def _differentiable_backward(reference, kind: str, eps: float, boxes1: Tensor, b
     return vjp(grad)
 
 
+def check_op_args(boxes1, boxes2, kind, eps, aligned: bool) -> None:
+    """The C++ check_box_iou_args (csrc/ops/box_iou/box_iou.cpp), for the fake kernels."""
+    for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise InputError(f"{name} must have shape [N, 4], got {list(b.shape)}")
+        if b.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            raise InputError(f"{name} must be float32, float64, float16 or bfloat16, got {b.dtype}")
+    if boxes1.dtype != boxes2.dtype:
+        raise InputError(f"boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and {boxes2.dtype}")
+    if boxes1.device != boxes2.device:
+        raise InputError(
+            f"boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}"
+        )
+    if aligned and boxes1.shape[0] != boxes2.shape[0]:
+        raise InputError(
+            "boxes1 and boxes2 must hold the same number of boxes, got "
+            f"{boxes1.shape[0]} and {boxes2.shape[0]}"
+        )
+    check_choice("kind", kind, KINDS)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise InputError(f"eps must be finite and >= 0, got {eps}")
+
+
 def _register() -> None:
     """Fake (meta) kernels for torch.compile and autograd formulas for the compiled ops."""
     lib = "fastmtl::"
@@ -176,12 +201,12 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "pairwise_box_iou")
     def _(boxes1, boxes2, kind, eps):
-        check_choice("kind", kind, KINDS)
+        check_op_args(boxes1, boxes2, kind, eps, aligned=False)
         return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]), dtype=result_dtype(boxes1, boxes2))
 
     @torch.library.register_fake(lib + "aligned_box_iou")
     def _(boxes1, boxes2, kind, eps):
-        check_choice("kind", kind, KINDS)
+        check_op_args(boxes1, boxes2, kind, eps, aligned=True)
         return boxes1.new_empty((boxes1.shape[0],), dtype=result_dtype(boxes1, boxes2))
 
     def backward_fake(grad, boxes1, boxes2, kind, eps):

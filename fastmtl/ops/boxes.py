@@ -37,6 +37,8 @@ def _check_convert(boxes, in_fmt, out_fmt) -> None:
         raise TypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
     if boxes.dim() == 0 or boxes.shape[-1] != 4:
         raise InputError(f"boxes must have shape [..., 4], got {list(boxes.shape)}")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"boxes must be a floating point or integer tensor, got {boxes.dtype}")
 
 
 def _check_area(boxes, fmt) -> Tensor:

@@ -46,6 +46,14 @@ def _check_flag(name: str, value) -> bool:
 
 
 @torch.fx.wrap
+def check_op_features(features) -> None:
+    """The C++ check_gram_features (csrc/ops/gram/gram.cpp), for the fake kernels."""
+    if features.dim() != 4:
+        raise InputError(f"features must have shape [N, C, H, W], got {list(features.shape)}")
+    if features.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise InputError(f"features must be float32, float64, float16 or bfloat16, got {features.dtype}")
+
+
 def gram_matrix(features: Tensor, normalize: bool = True) -> Tensor:
     """Per-sample Gram matrix ``F F^T`` of ``[N, C, H, W]`` features.
 
@@ -93,6 +101,7 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "gram_matrix")
     def _(features, normalize):
+        check_op_features(features)
         n, c = features.shape[:2]
         return features.new_empty((n, c, c))
 

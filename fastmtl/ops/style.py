@@ -34,7 +34,13 @@ from fastmtl._ext import has_compiled_ops, use_compiled
 from fastmtl.ops import _reference
 from fastmtl.ops._checks import InputError, check_choice, check_reduction
 from fastmtl.ops._reduction import reduce_loss
-from fastmtl.ops.gram import FLOAT_DTYPES, check_features, check_no_double_backward, grad_like
+from fastmtl.ops.gram import (
+    FLOAT_DTYPES,
+    check_features,
+    check_no_double_backward,
+    check_op_features,
+    grad_like,
+)
 
 __all__ = ["NORMALIZATIONS", "content_loss", "style_loss"]
 
@@ -118,6 +124,27 @@ def content_loss(
     return reduce_loss(per_sample, reduction)
 
 
+def _check_op_args(features, target_gram) -> None:
+    """The C++ check_style_args (csrc/ops/gram/gram.cpp), for the fake kernel."""
+    check_op_features(features)
+    n, c = features.shape[:2]
+    shape = list(target_gram.shape)
+    if shape not in ([c, c], [n, c, c]):
+        raise InputError(
+            f"target_gram must have shape [{c}, {c}] or [{n}, {c}, {c}] for features {list(features.shape)}, "
+            f"got {shape}"
+        )
+    acc = _reference.compute_dtype(features.dtype)
+    if target_gram.dtype not in (features.dtype, acc):
+        raise InputError(
+            f"target_gram must be {features.dtype} (the dtype of features) or {acc}, got {target_gram.dtype}"
+        )
+    if target_gram.device != features.device:
+        raise InputError(
+            f"target_gram must be on the device of features, got {target_gram.device} and {features.device}"
+        )
+
+
 def _check_content_args(features, target) -> None:
     for name, t in (("features", features), ("target", target)):
         if not isinstance(t, torch.Tensor):
@@ -145,6 +172,7 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "style_loss")
     def _(features, target_gram, normalization):
+        _check_op_args(features, target_gram)
         _check_normalization(normalization)
         n, c = features.shape[:2]
         dt = _reference.compute_dtype(features.dtype)
