@@ -660,7 +660,7 @@ def mutate_tensor(draw, st, spec: Spec, kwargs: dict, arg: str) -> tuple:
     if kind == "rank_up":
         t = t.unsqueeze(draw(st.integers(0, t.dim())))
     elif kind == "rank_down":
-        t = t.reshape(-1) if draw(st.booleans()) or t.dim() == 0 else t[0]
+        t = t.reshape(-1) if draw(st.booleans()) or t.dim() == 0 or t.shape[0] == 0 else t[0]
     elif kind == "shape_last":
         d = draw(st.integers(-1, t.dim() - 1)) if t.dim() else 0
         if t.dim():

@@ -3,7 +3,7 @@ route. Not collected by the main run (its name is not test_*): ``test_properties
 group by group in subprocesses, so that a crash fails a test instead of the whole run.
 
 Run one group by hand: ``python -m pytest tests/reliability/props_run.py -k "roi_"``.
-Environment: ``FASTMTL_PROPERTY_EXAMPLES`` (examples per op and route, default 60),
+Environment: ``FASTMTL_PROPERTY_EXAMPLES`` (examples per op and route, default 100),
 ``FASTMTL_SEED`` (a seed instead of the fixed derandomized run), ``FASTMTL_PROPERTY_OPS``
 (comma-separated spec names, e.g. ``roi_align[op]``: only those), ``FASTMTL_PROPERTY_COUNTS``
 (a file the counts of cases tried are appended to, as JSON lines).
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tests.reliability.cases import SPECS, check_case, draw_case
 
-EXAMPLES = int(os.environ.get("FASTMTL_PROPERTY_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("FASTMTL_PROPERTY_EXAMPLES", "100"))
 SEED = os.environ.get("FASTMTL_SEED")
 
 SETTINGS = settings(

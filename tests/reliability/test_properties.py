@@ -2,7 +2,7 @@
 cases.py, each group of ops in its own subprocess so that a segfault or an abort fails that
 group's test, and a timeout catches a hang.
 
-``FASTMTL_PROPERTY_EXAMPLES`` (default 60 per op and route) makes a larger run; ``FASTMTL_SEED``
+``FASTMTL_PROPERTY_EXAMPLES`` (default 100 per op and route) makes a larger run; ``FASTMTL_SEED``
 replaces the fixed (derandomized) run with a seeded random one. The number of cases tried is
 printed at the end of the pytest run (tests/reliability/conftest.py).
 """
@@ -24,7 +24,7 @@ from tests.utils import compiled_only
 pytestmark = compiled_only
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = int(os.environ.get("FASTMTL_PROPERTY_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("FASTMTL_PROPERTY_EXAMPLES", "100"))
 TIMEOUT = 90 + 2 * EXAMPLES  # s per group (about 4x a 2-core run): a hang fails, a slow machine does not
 
 
