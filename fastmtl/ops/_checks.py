@@ -129,6 +129,15 @@ def _nan(name: str, value: float) -> None:
         raise InputError(f"{name} must not be NaN")
 
 
+def _check_boxes_and_scores(boxes, scores) -> None:
+    _check_kernel_float("boxes", boxes)
+    _check_kernel_float("scores", scores)
+    if boxes.device != scores.device:
+        raise InputError(
+            f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}"
+        )
+
+
 def check_nms_op_args(boxes, scores, idxs, iou_threshold) -> None:
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise InputError(f"boxes must have shape [N, 4], got {list(boxes.shape)}")
@@ -138,12 +147,7 @@ def check_nms_op_args(boxes, scores, idxs, iou_threshold) -> None:
         raise InputError(
             f"boxes and scores must hold the same number of boxes, got {boxes.shape[0]} and {scores.shape[0]}"
         )
-    _check_kernel_float("boxes", boxes)
-    _check_kernel_float("scores", scores)
-    if boxes.device != scores.device:
-        raise InputError(
-            f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}"
-        )
+    _check_boxes_and_scores(boxes, scores)
     if idxs is not None:
         if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
             raise InputError(f"idxs must have shape [{boxes.shape[0]}], got {list(idxs.shape)}")
@@ -169,12 +173,7 @@ def check_multiclass_nms_op_args(boxes, scores, iou_threshold, score_threshold, 
             f"boxes of shape [B, N, C, 4] need scores of shape [B, N, C], got {list(boxes.shape)} and "
             f"{list(scores.shape)}"
         )
-    _check_kernel_float("boxes", boxes)
-    _check_kernel_float("scores", scores)
-    if boxes.device != scores.device:
-        raise InputError(
-            f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}"
-        )
+    _check_boxes_and_scores(boxes, scores)
     _nan("iou_threshold", iou_threshold)
     _nan("score_threshold", score_threshold)
     if max_detections < 0:
