@@ -129,3 +129,13 @@ def test_tiny_spatial_scale_is_checked_in_float32():
     with pytest.raises(ValueError, match="spatial_scale"):
         torch.ops.fastmtl.roi_align(X, ROIS, 1e-50, 2, 2, 1, False)
     F.roi_align(X.double(), ROIS.double(), 2, 1e-50, 1)  # float64 computes in float64: fine
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 0, 5), (1, 2, 5, 0), (1, 2, 0, 0)])
+def test_roi_pool_of_an_empty_map_is_zero(shape):
+    """The sanitizer run found the CPU kernel indexing an empty buffer for a map with no pixels
+    (harmless in practice, undefined behaviour all the same)."""
+    out = F.roi_pool(torch.rand(shape), ROIS, (3, 2))
+    assert out.shape == (1, 2, 3, 2) and not out.any()
+    _, argmax = torch.ops.fastmtl.roi_pool(torch.rand(shape), ROIS, 1.0, 3, 2)
+    assert (argmax == -1).all()

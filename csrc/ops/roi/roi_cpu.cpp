@@ -431,7 +431,12 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
   FASTMTL_DISPATCH_BOXES(x.scalar_type(), "roi_pool_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* rp = r.const_data_ptr<scalar_t>();
-    const RoisByImage by_image = group_rois(rp, k, n);
+    const RoisByImage by_image = group_rois(rp, k, n);  // checks the batch indices
+    if (h == 0 || w == 0) {  // every bin is empty: 0 and argmax -1, without indexing an empty map
+      out.zero_();
+      argmax.fill_(-1);
+      return;
+    }
     const std::vector<int> bins = make_pool_bins(rp, k, int(h), int(w), int(pooled_height), int(pooled_width),
                                                  spatial_scale);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
