@@ -45,12 +45,16 @@ def check_limits(pooled_height, pooled_width, sampling_ratio, height, width) -> 
         raise InputError(
             f"output_size ({pooled_height}, {pooled_width}) is too large: at most 2^31 - 1 bins per roi"
         )
-    if sampling_ratio > MAX_SAMPLING_RATIO:
+    if not -MAX_SAMPLING_RATIO <= sampling_ratio <= MAX_SAMPLING_RATIO:
         raise InputError(
-            f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (<= 0: adaptive), got {sampling_ratio}"
+            f"sampling_ratio must be in [-{MAX_SAMPLING_RATIO}, {MAX_SAMPLING_RATIO}] (<= 0: adaptive), "
+            f"got {sampling_ratio}"
         )
-    if height * width > MAX_INT32:
-        raise InputError(f"input: a feature map of {height} x {width} is too large: at most 2^31 - 1 pixels")
+    if height >= 2**30 or width >= 2**30 or height * width > MAX_INT32:
+        raise InputError(
+            f"input: a feature map of {height} x {width} is too large: "
+            "sides below 2^30, at most 2^31 - 1 pixels"
+        )
 
 
 def check_op_args(input, rois, spatial_scale, pooled_height, pooled_width) -> None:

@@ -35,6 +35,8 @@ HUGE_CALLS = [
     "torch.ops.fastmtl.roi_pool(x, r, 1.0, 2**32 + 2, 1)",
     "torch.ops.fastmtl.roi_align(x, r, 1.0, 1, 2**32 + 1, 1, False)",
     "torch.ops.fastmtl.roi_align(x, r, 1.0, 2, 2, 2**40, False)",
+    "torch.ops.fastmtl.roi_align(x, r, 1.0, 2, 2, -(2**32) + 2, False)",  # wrapped to a grid of 2
+    "torch.ops.fastmtl.roi_align(x, r, 1.0, 2, 2, -(2**31) - 1, False)",  # wrapped past the cap
 ]
 
 
@@ -71,8 +73,9 @@ def test_output_size_limit_is_named(size):
 
 
 def test_sampling_ratio_limit():
-    with pytest.raises(ValueError, match="sampling_ratio"):
-        F.roi_align(X, ROIS, 2, 1.0, 2**20 + 1)
+    for bad in (2**20 + 1, -(2**20) - 1, -(2**32) + 2):
+        with pytest.raises(ValueError, match="sampling_ratio"):
+            F.roi_align(X, ROIS, 2, 1.0, bad)
     F.roi_align(X, ROIS, 2, 1.0, 64)  # large but sane: fine
 
 
@@ -139,3 +142,15 @@ def test_roi_pool_of_an_empty_map_is_zero(shape):
     assert out.shape == (1, 2, 3, 2) and not out.any()
     _, argmax = torch.ops.fastmtl.roi_pool(torch.rand(shape), ROIS, 1.0, 3, 2)
     assert (argmax == -1).all()
+
+
+def test_feature_map_sides_below_2_to_the_30():
+    """A float32 sample position on a side of 2^31 - 64 or more rounds to 2^31, past an int (an
+    out-of-bounds read on the CPU). Checked on an expanded view: no memory needed."""
+    tall = torch.zeros(1, 1, 1, 1).expand(1, 1, 2**31 - 1, 1)
+    for call in (
+        lambda: F.roi_align(tall, ROIS, 1),
+        lambda: torch.ops.fastmtl.roi_pool(tall, ROIS, 1.0, 1, 1),
+    ):
+        with pytest.raises(ValueError, match="input.*2\\^30"):
+            call()

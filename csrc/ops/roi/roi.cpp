@@ -25,14 +25,20 @@ static void check_sizes(double spatial_scale, int64_t pooled_height, int64_t poo
               spatial_scale);
 }
 
+// Sides below 2^30 too: a float32 sample position at a side of 2^31 - 64 or more rounds to 2^31,
+// past an int.
+constexpr int64_t kMaxSide = int64_t(1) << 30;
+
 static void check_plane(int64_t height, int64_t width, const char* name) {
-  TORCH_CHECK_VALUE(height <= kMaxInt && width <= kMaxInt && height * width <= kMaxInt, name,
-                    ": a feature map of ", height, " x ", width, " is too large: at most 2^31 - 1 pixels");
+  TORCH_CHECK_VALUE(height < kMaxSide && width < kMaxSide && height * width <= kMaxInt, name, ": a feature map of ",
+                    height, " x ", width, " is too large: sides below 2^30, at most 2^31 - 1 pixels");
 }
 
+// Both ends: the kernels take an int, and -2^32 + 2 would wrap to a fixed grid of 2.
 void check_sampling_ratio(int64_t sampling_ratio) {
-  TORCH_CHECK_VALUE(sampling_ratio <= roi::kMaxGrid, "sampling_ratio must be at most ", roi::kMaxGrid,
-                    " (<= 0: adaptive), got ", sampling_ratio);
+  TORCH_CHECK_VALUE(sampling_ratio >= -roi::kMaxGrid && sampling_ratio <= roi::kMaxGrid,
+                    "sampling_ratio must be in [-", roi::kMaxGrid, ", ", roi::kMaxGrid,
+                    "] (<= 0: adaptive), got ", sampling_ratio);
 }
 
 // The scale in the kernels' compute type: a tiny double can round to 0 in float32.
