@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
 
 from fastmtl.ops._checks import InputError
-from fastmtl.ops.roi import _compiled, roi_align
+from fastmtl.ops.roi import _compiled, _list_to_rois, roi_align
 
 __all__ = ["MultiScaleRoIAlign", "infer_scale", "map_levels"]
 
@@ -82,7 +82,9 @@ def _multiscale_roi_align(
         return roi_align(features[0], boxes, output_size, scales[0], sampling_ratio)
     k_min, k_max = int(-_log2(scales[0])), int(-_log2(scales[-1]))
     levels = map_levels(boxes, k_min, k_max, canonical_scale, canonical_level)
-    rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+    rois = _list_to_rois(boxes)
+    # The rois with batch index -1, which the CUDA kernels skip (zeros): see the loop below.
+    skipped = torch.cat([torch.full_like(rois[:, :1], -1.0), rois[:, 1:]], 1)
     first = features[0]
     result = first.new_zeros((rois.shape[0], first.shape[1], output_size[0], output_size[1]))
     for level in range(len(features)):
@@ -92,10 +94,9 @@ def _multiscale_roi_align(
             pooled = roi_align(feature, rois[idx], output_size, scale, sampling_ratio)
             result = result.index_put((idx,), pooled.to(result.dtype))
         else:
-            # No host sync: every roi is pooled at every level, those of other levels with the
-            # batch index -1, which the CUDA kernels skip (zeros); each roi is nonzero at one level.
-            mine = (levels == level)[:, None]
-            masked = torch.where(mine, rois, torch.cat([torch.full_like(rois[:, :1], -1.0), rois[:, 1:]], 1))
+            # No host sync: every roi is pooled at every level, those of other levels skipped;
+            # each roi is nonzero at one level.
+            masked = torch.where((levels == level)[:, None], rois, skipped)
             pooled = torch.ops.fastmtl.roi_align(
                 feature, masked, scale, output_size[0], output_size[1], sampling_ratio, False, False
             )

@@ -35,7 +35,6 @@ def _output_size(output_size) -> tuple:
     ok = isinstance(size, (tuple, list)) and len(size) == 2
     if not ok or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise InputError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
-    check_limits(int(size[0]), int(size[1]), -1, 1, 1)
     return int(size[0]), int(size[1])
 
 
@@ -127,7 +126,7 @@ def _rois(boxes: Union[Tensor, list[Tensor]]) -> Tensor:
     return _list_to_rois(boxes)
 
 
-def _check(input, boxes, output_size, spatial_scale) -> tuple:
+def _check(input, boxes, output_size, spatial_scale, sampling_ratio=-1) -> tuple:
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if input.dim() != 4:
@@ -141,6 +140,9 @@ def _check(input, boxes, output_size, spatial_scale) -> tuple:
     if rois.device != input.device:
         raise InputError(f"boxes must be on the device of input, got {rois.device} and {input.device}")
     pooled = _output_size(output_size)
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
+        raise InputError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    check_limits(pooled[0], pooled[1], sampling_ratio, input.shape[2], input.shape[3])
     is_number = isinstance(spatial_scale, (int, float)) and not isinstance(spatial_scale, bool)
     if not is_number or not (0 < spatial_scale < math.inf):
         raise InputError(f"spatial_scale must be a finite number > 0, got {spatial_scale!r}")
@@ -210,10 +212,7 @@ def roi_align(
 def _roi_align_eager(
     input, boxes, output_size, spatial_scale, sampling_ratio, aligned, deterministic
 ) -> Tensor:
-    rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale)
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
-        raise InputError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
-    check_limits(ph, pw, sampling_ratio, input.shape[2], input.shape[3])
+    rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale, sampling_ratio)
     aligned = bool(aligned)
     deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
     if not use_compiled(input, "roi_align"):
@@ -251,7 +250,6 @@ def roi_pool(
 
 def _roi_pool_eager(input, boxes, output_size, spatial_scale) -> Tensor:
     rois, (ph, pw), scale = _check(input, boxes, output_size, spatial_scale)
-    check_limits(ph, pw, -1, input.shape[2], input.shape[3])
     if not use_compiled(input, "roi_pool"):
         return _reference.roi_pool(input, rois, scale, ph, pw)
     return torch.ops.fastmtl.roi_pool(input, rois, scale, ph, pw)[0]
