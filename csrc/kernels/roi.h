@@ -46,6 +46,10 @@ FASTMTL_HD int64_t batch_index(T value, int64_t batch_size) {
 // is far above any real feature map (a bin would span 2^20 pixels).
 constexpr int kMaxGrid = 1 << 20;
 
+// An explicit sampling_ratio takes at most 2^10 samples per bin axis: a bin then costs at most
+// 2^20 bilinear samples (the CUDA kernels visit every pair), where 2^20 per axis would be 2^40.
+constexpr int kMaxSamplingRatio = 1 << 10;
+
 // One axis of a roi in RoI align: where the samples of bin p sit.
 template <typename T>
 struct AlignAxis {

@@ -27,7 +27,7 @@ _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 MAX_INT32 = 2**31 - 1  # the kernels index bins and pixels with 32-bit ints
-MAX_SAMPLING_RATIO = 2**20  # roi::kMaxGrid
+MAX_SAMPLING_RATIO = 2**10  # roi::kMaxSamplingRatio
 
 
 def _output_size(output_size) -> tuple:

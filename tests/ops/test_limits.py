@@ -73,7 +73,7 @@ def test_output_size_limit_is_named(size):
 
 
 def test_sampling_ratio_limit():
-    for bad in (2**20 + 1, -(2**20) - 1, -(2**32) + 2):
+    for bad in (2**10 + 1, -(2**10) - 1, 2**20, -(2**32) + 2):
         with pytest.raises(ValueError, match="sampling_ratio"):
             F.roi_align(X, ROIS, 2, 1.0, bad)
     F.roi_align(X, ROIS, 2, 1.0, 64)  # large but sane: fine
@@ -154,3 +154,45 @@ def test_feature_map_sides_below_2_to_the_30():
     ):
         with pytest.raises(ValueError, match="input.*2\\^30"):
             call()
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_roi_align_near_the_float32_limit_stays_finite(sign, sampling_ratio):
+    """Values near 3e38 used to give inf/NaN: the bilinear samples of a bin were summed before the
+    division by their count. Each bin is an average, so a finite answer exists; the float64
+    reference computes it."""
+    from fastmtl.ops import _reference
+
+    x = sign * (3e38 - 1e37 * torch.rand(2, 3, 9, 9))
+    rois = torch.tensor([[0, 0.0, 0.0, 8.0, 8.0], [1, 1.5, 0.5, 7.0, 8.5], [0, 2.0, 2.0, 2.5, 2.5]])
+    out = F.roi_align(x, rois, (3, 4), 1.0, sampling_ratio, aligned=True)
+    want = _reference.roi_align(x.double(), rois.double(), 1.0, 3, 4, sampling_ratio, True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=0)
+
+
+def test_roi_align_keeps_inf_and_nan_inputs():
+    """The rescue from overflow recomputes only non-finite bins; an inf in the input stays inf."""
+    x = torch.ones(1, 1, 6, 6)
+    x[0, 0, 2, 2] = float("inf")
+    out = F.roi_align(x, torch.tensor([[0, 0.0, 0.0, 5.0, 5.0]]), 1, 1.0, 2)
+    assert out.isinf().all()
+
+
+def test_empty_map_with_a_huge_batch():
+    """No pixels and a batch of 2^40 (an expanded view: no memory) is a valid, empty input. The CPU
+    kernels sized a buffer by the batch and failed with std::bad_alloc; the batch index of each roi
+    is still checked."""
+    x = torch.zeros(1, 1, 0, 4).expand(2**40, 1, 0, 4)
+    bad = torch.tensor([[3, 1.0, 1.0, 2.0, 2.0]])
+    ops = torch.ops.fastmtl
+    for fn, op in (
+        (F.roi_align, lambda x, r: ops.roi_align(x, r, 1.0, 2, 2, 2, False)),
+        (F.roi_pool, lambda x, r: ops.roi_pool(x, r, 1.0, 2, 2)[0]),
+    ):
+        assert not fn(x, ROIS, 2).any() and not op(x, ROIS).any()
+        with pytest.raises(RuntimeError, match="batch ind"):
+            fn(x[:1], bad, 2)
+        with pytest.raises(RuntimeError, match="batch ind"):
+            op(x[:1], bad)

@@ -184,9 +184,9 @@ __global__ void aligned_forward_kernel(const scalar_t* __restrict__ b1, const sc
                                        int64_t n, at::opmath_type<scalar_t> eps,
                                        at::opmath_type<scalar_t>* __restrict__ out) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  out[i] = box::pair_value<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), eps, eps);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = box::pair_value<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), eps, eps);
 }
 
 template <typename scalar_t, int V>
@@ -196,14 +196,15 @@ __global__ void aligned_backward_kernel(const at::opmath_type<scalar_t>* __restr
                                         at::opmath_type<scalar_t> eps, scalar_t* __restrict__ g1,
                                         scalar_t* __restrict__ g2) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  Box<T> ga, gb;
-  box::pair_grad<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), g[i], eps, eps, ga, gb);
-  const T a4[4] = {ga.x1, ga.y1, ga.x2, ga.y2}, b4[4] = {gb.x1, gb.y1, gb.x2, gb.y2};
-  for (int k = 0; k < 4; ++k) {
-    g1[4 * i + k] = static_cast<scalar_t>(a4[k]);
-    g2[4 * i + k] = static_cast<scalar_t>(b4[k]);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    Box<T> ga, gb;
+    box::pair_grad<V>(box::load_box<T>(b1 + 4 * i), box::load_box<T>(b2 + 4 * i), g[i], eps, eps, ga, gb);
+    const T a4[4] = {ga.x1, ga.y1, ga.x2, ga.y2}, b4[4] = {gb.x1, gb.y1, gb.x2, gb.y2};
+    for (int k = 0; k < 4; ++k) {
+      g1[4 * i + k] = static_cast<scalar_t>(a4[k]);
+      g2[4 * i + k] = static_cast<scalar_t>(b4[k]);
+    }
   }
 }
 
@@ -265,7 +266,7 @@ template <typename scalar_t, int V>
 void launch_aligned_forward(const at::Tensor& b1, const at::Tensor& b2, double eps, at::Tensor& out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0);
-  aligned_forward_kernel<scalar_t, V><<<ceil_div(n, kThreads), kThreads, 0,
+  aligned_forward_kernel<scalar_t, V><<<grid_stride_blocks(n, kThreads), kThreads, 0,
                                         c10::cuda::getCurrentCUDAStream()>>>(
       b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n, static_cast<T>(eps),
       out.mutable_data_ptr<T>());
@@ -277,7 +278,7 @@ void launch_aligned_backward(const at::Tensor& g, const at::Tensor& b1, const at
                              at::Tensor& g1, at::Tensor& g2) {
   using T = at::opmath_type<scalar_t>;
   const int64_t n = b1.size(0);
-  aligned_backward_kernel<scalar_t, V><<<ceil_div(n, kThreads), kThreads, 0,
+  aligned_backward_kernel<scalar_t, V><<<grid_stride_blocks(n, kThreads), kThreads, 0,
                                          c10::cuda::getCurrentCUDAStream()>>>(
       g.const_data_ptr<T>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), n,
       static_cast<T>(eps), g1.mutable_data_ptr<scalar_t>(), g2.mutable_data_ptr<scalar_t>());

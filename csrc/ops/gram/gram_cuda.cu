@@ -49,36 +49,40 @@ __global__ void symmetrize_kernel(const T* __restrict__ d, const T* __restrict__
   }
 }
 
-// One block per row s * c + i (a 1-D grid: gridDim.y would cap N at 65535):
-// diff[s, i, :] = a * U - target, rows[s * c + i] = sum of squares.
+// Blocks stride over the N * C rows r = s * c + i (a 1-D grid: gridDim.y would cap N at 65535):
+// diff[s, i, :] = a * U - target, rows[r] = sum of squares.
 template <typename T>
 __global__ void style_rows_kernel(const T* __restrict__ u, const T* __restrict__ target, int64_t target_stride,
-                                  int64_t c, T a, T* __restrict__ diff, T* __restrict__ rows) {
+                                  int64_t n, int64_t c, T a, T* __restrict__ diff, T* __restrict__ rows) {
   using BlockSum = cub::BlockReduce<T, kThreads>;
   __shared__ typename BlockSum::TempStorage storage;
-  const int64_t s = blockIdx.x / c, i = blockIdx.x % c;
-  const T* us = u + s * c * c;
-  const T* ts = target + s * target_stride;
-  T* o = diff + (s * c + i) * c;
-  T acc = T(0);
-  for (int64_t j = threadIdx.x; j < c; j += blockDim.x) {
-    const T v = gram::style_diff(us, ts, i, j, c, a);
-    o[j] = v;
-    acc += v * v;
+  for (int64_t r = blockIdx.x; r < n * c; r += gridDim.x) {
+    const int64_t s = r / c, i = r % c;
+    const T* us = u + s * c * c;
+    const T* ts = target + s * target_stride;
+    T* o = diff + r * c;
+    T acc = T(0);
+    for (int64_t j = threadIdx.x; j < c; j += blockDim.x) {
+      const T v = gram::style_diff(us, ts, i, j, c, a);
+      o[j] = v;
+      acc += v * v;
+    }
+    const T total = BlockSum(storage).Sum(acc);  // valid in thread 0
+    if (threadIdx.x == 0) rows[r] = total;
+    __syncthreads();  // the storage is reused by the next row
   }
-  const T total = BlockSum(storage).Sum(acc);  // valid in thread 0
-  if (threadIdx.x == 0) rows[s * c + i] = total;
 }
 
-// loss[n] = s * sum of the row sums of sample n, in row order.
+// loss[s] = scale * sum of the row sums of sample s, in row order.
 template <typename T>
 __global__ void style_sum_kernel(const T* __restrict__ rows, int64_t n, int64_t c, double scale,
                                  T* __restrict__ loss) {
-  const int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (s >= n) return;
-  double total = 0.0;
-  for (int64_t i = 0; i < c; ++i) total += static_cast<double>(rows[s * c + i]);
-  loss[s] = static_cast<T>(scale * total);
+  for (int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; s < n;
+       s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double total = 0.0;
+    for (int64_t i = 0; i < c; ++i) total += static_cast<double>(rows[s * c + i]);
+    loss[s] = static_cast<T>(scale * total);
+  }
 }
 
 // Launchers are templates so that no <<<>>> sits inside an AT_DISPATCH lambda.
@@ -105,11 +109,11 @@ void launch_style_forward(const at::Tensor& u, const at::Tensor& t, gram::StyleS
   const int64_t n = diff.size(0), c = diff.size(1);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor rows = at::empty({n, c}, diff.options());
-  style_rows_kernel<T><<<n * c, kThreads, 0, stream>>>(
-      u.const_data_ptr<T>(), t.const_data_ptr<T>(), t.dim() == 3 ? c * c : 0, c, static_cast<T>(k.a),
+  style_rows_kernel<T><<<grid_stride_blocks(n * c, 1), kThreads, 0, stream>>>(
+      u.const_data_ptr<T>(), t.const_data_ptr<T>(), t.dim() == 3 ? c * c : 0, n, c, static_cast<T>(k.a),
       diff.mutable_data_ptr<T>(), rows.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  style_sum_kernel<T><<<ceil_div(n, kThreads), kThreads, 0, stream>>>(
+  style_sum_kernel<T><<<grid_stride_blocks(n, kThreads), kThreads, 0, stream>>>(
       rows.const_data_ptr<T>(), n, c, k.s, loss.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

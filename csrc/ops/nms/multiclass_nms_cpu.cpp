@@ -94,7 +94,7 @@ void image_nms(const box_t* boxes, const score_t* scores, int64_t n, int64_t cla
   score_t* out_scores = out.scores.mutable_data_ptr<score_t>() + image * max_det;
   int64_t* out_classes = out.classes.mutable_data_ptr<int64_t>() + image * max_det;
   int64_t* out_indices = out.indices.mutable_data_ptr<int64_t>() + image * max_det;
-  KeptColumns<T> kept(max_det);
+  KeptColumns<T> kept(std::min(max_det, n * classes));  // never more kept than candidates
   auto cand = candidates(scores, n * classes, score_threshold);
   visit_by_score(cand, scores, std::max<int64_t>(4 * max_det, 256), [&](int64_t f) {
     const int64_t c = f % classes;

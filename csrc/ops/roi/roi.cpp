@@ -36,8 +36,8 @@ static void check_plane(int64_t height, int64_t width, const char* name) {
 
 // Both ends: the kernels take an int, and -2^32 + 2 would wrap to a fixed grid of 2.
 void check_sampling_ratio(int64_t sampling_ratio) {
-  TORCH_CHECK_VALUE(sampling_ratio >= -roi::kMaxGrid && sampling_ratio <= roi::kMaxGrid,
-                    "sampling_ratio must be in [-", roi::kMaxGrid, ", ", roi::kMaxGrid,
+  TORCH_CHECK_VALUE(sampling_ratio >= -roi::kMaxSamplingRatio && sampling_ratio <= roi::kMaxSamplingRatio,
+                    "sampling_ratio must be in [-", roi::kMaxSamplingRatio, ", ", roi::kMaxSamplingRatio,
                     "] (<= 0: adaptive), got ", sampling_ratio);
 }
 

@@ -14,7 +14,7 @@ void check_roi_args(const at::Tensor& input, const at::Tensor& rois, double spat
 void check_roi_grad(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale, int64_t pooled_height,
                     int64_t pooled_width, int64_t batch_size, int64_t channels, int64_t height, int64_t width);
 
-// sampling_ratio of roi_align: at most roi::kMaxGrid samples per bin axis (<= 0: adaptive).
+// sampling_ratio of roi_align: at most roi::kMaxSamplingRatio samples per bin axis (<= 0: adaptive).
 void check_sampling_ratio(int64_t sampling_ratio);
 
 }  // namespace fastmtl

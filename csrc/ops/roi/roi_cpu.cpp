@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -40,18 +41,26 @@ struct RoisByImage {
   std::vector<int64_t> order, first;
 };
 
+// The image of every roi; each rois[k, 0] must name one.
 template <typename scalar_t>
-RoisByImage group_rois(const scalar_t* rois, int64_t k_count, int64_t batch_size) {
+std::vector<int64_t> batch_indices(const scalar_t* rois, int64_t k_count, int64_t batch_size) {
   using T = at::opmath_type<scalar_t>;
-  RoisByImage g{std::vector<int64_t>(k_count), std::vector<int64_t>(batch_size + 1, 0)};
   std::vector<int64_t> batch(k_count);
   for (int64_t k = 0; k < k_count; ++k) {
     const T v = static_cast<T>(rois[5 * k]);
     batch[k] = roi::batch_index(v, batch_size);
     TORCH_CHECK(batch[k] >= 0, "rois[", k, ", 0] = ", v, " is not a batch index of input (batch size ",
                 batch_size, ")");
-    ++g.first[batch[k] + 1];
   }
+  return batch;
+}
+
+// Sized by the batch: only for inputs with pixels (an empty map can have a huge batch).
+template <typename scalar_t>
+RoisByImage group_rois(const scalar_t* rois, int64_t k_count, int64_t batch_size) {
+  RoisByImage g{std::vector<int64_t>(k_count), std::vector<int64_t>(batch_size + 1, 0)};
+  const std::vector<int64_t> batch = batch_indices(rois, k_count, batch_size);
+  for (int64_t k = 0; k < k_count; ++k) ++g.first[batch[k] + 1];
   for (int64_t b = 0; b < batch_size; ++b) g.first[b + 1] += g.first[b];
   std::vector<int64_t> next(g.first.begin(), g.first.end() - 1);
   for (int64_t k = 0; k < k_count; ++k) g.order[next[batch[k]]++] = k;  // stable: ascending k
@@ -70,6 +79,7 @@ template <typename T>
 struct AlignPlan {
   int64_t pooled_h, pooled_w;
   std::vector<T> count;              // [K] divisor of each bin
+  std::vector<T> grid_h, grid_w;     // [K] samples per bin along each axis (at least 1)
   std::vector<int> col0, cols;       // [K] first column read and number of columns (0: nothing read)
   std::vector<int64_t> yrange;       // [K, PH, 2] begin/end into ytaps
   std::vector<int64_t> xrange;       // [K, PW, 2] begin/end into xtaps
@@ -83,7 +93,7 @@ int64_t fill_axis(const roi::AlignAxis<T>& a, int pooled, int size, Tap<T>* out,
   int64_t n = 0;
   for (int p = 0; p < pooled; ++p) {
     const int64_t begin = n;
-    range[2 * p] = base + n;
+    range[2 * int64_t(p)] = base + n;
     for (int i = 0; i < a.grid; ++i) {
       int t0, t1;
       T w0, w1;
@@ -98,7 +108,7 @@ int64_t fill_axis(const roi::AlignAxis<T>& a, int pooled, int size, Tap<T>* out,
       lo = std::min(lo, t0);
       hi = std::max(hi, t1);
     }
-    range[2 * p + 1] = base + n;
+    range[2 * int64_t(p) + 1] = base + n;
   }
   return n;
 }
@@ -110,6 +120,8 @@ AlignPlan<at::opmath_type<scalar_t>> make_align_plan(const scalar_t* rois, int64
   using T = at::opmath_type<scalar_t>;
   AlignPlan<T> plan{ph_count, pw_count};
   plan.count.resize(k_count);
+  plan.grid_h.resize(k_count);
+  plan.grid_w.resize(k_count);
   plan.col0.resize(k_count);
   plan.cols.resize(k_count);
   plan.yrange.resize(k_count * ph_count * 2);
@@ -122,6 +134,8 @@ AlignPlan<at::opmath_type<scalar_t>> make_align_plan(const scalar_t* rois, int64
     ay[k] = roi::align_axis<T>(r[2], r[4], scale, ph_count, sampling_ratio, aligned);
     ax[k] = roi::align_axis<T>(r[1], r[3], scale, pw_count, sampling_ratio, aligned);
     plan.count[k] = roi::sample_count(ay[k], ax[k]);
+    plan.grid_h[k] = static_cast<T>(std::max(ay[k].grid, 1));
+    plan.grid_w[k] = static_cast<T>(std::max(ax[k].grid, 1));
     ycap[k + 1] = ycap[k] + 2 * int64_t(ph_count) * ay[k].grid;
     xcap[k + 1] = xcap[k] + 2 * int64_t(pw_count) * ax[k].grid;
   }
@@ -145,6 +159,25 @@ AlignPlan<at::opmath_type<scalar_t>> make_align_plan(const scalar_t* rois, int64
     }
   });
   return plan;
+}
+
+// Bin (ph, pw) summed again with each axis's weights divided by its grid first, for a bin whose
+// fast sum overflowed (values near the float limit): every partial sum is then a weighted mean,
+// bounded by the largest value read, so a finite answer stays finite.
+template <typename scalar_t, typename T>
+T align_bin_rescaled(const AlignPlan<T>& plan, int64_t k, const scalar_t* base, int width, int64_t ph,
+                     int64_t pw) {
+  const int64_t* yr = &plan.yrange[k * plan.pooled_h * 2];
+  const int64_t* xr = &plan.xrange[k * plan.pooled_w * 2];
+  T s = T(0);
+  for (int64_t t = yr[2 * ph]; t < yr[2 * ph + 1]; ++t) {
+    const scalar_t* src = base + int64_t(plan.ytaps[t].idx) * width;
+    T row = T(0);
+    for (int64_t u = xr[2 * pw]; u < xr[2 * pw + 1]; ++u)
+      row += plan.xtaps[u].w / plan.grid_w[k] * static_cast<T>(src[plan.xtaps[u].idx]);
+    s += plan.ytaps[t].w / plan.grid_h[k] * row;
+  }
+  return s;
 }
 
 // One roi on one plane: out[ph, pw] for every bin. rows is scratch of PH * cols.
@@ -175,7 +208,9 @@ FASTMTL_CPU_CLONES void align_forward_item(const AlignPlan<T>& plan, int64_t k, 
     for (int64_t pw = 0; pw < pw_count; ++pw) {
       T s = T(0);
       for (int64_t t = xr[2 * pw]; t < xr[2 * pw + 1]; ++t) s += plan.xtaps[t].w * r[plan.xtaps[t].idx];
-      out[ph * pw_count + pw] = static_cast<scalar_t>(s / count);
+      s /= count;
+      if (!std::isfinite(s)) s = align_bin_rescaled(plan, k, base, width, ph, pw);
+      out[ph * pw_count + pw] = static_cast<scalar_t>(s);
     }
   }
 }
@@ -217,12 +252,16 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
   auto out = at::empty({k, c, pooled_height, pooled_width}, input.options());
   if (out.numel() == 0) return out;
-  if (h == 0 || w == 0) return out.zero_();
   // A channels_last input is copied to NCHW here (one pass over the input), as torchvision does.
   const auto x = input.contiguous(), r = rois.contiguous();
   FASTMTL_DISPATCH_BOXES(x.scalar_type(), "roi_align_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* rp = r.const_data_ptr<scalar_t>();
+    if (h == 0 || w == 0) {  // no pixels: every bin is 0
+      batch_indices(rp, k, n);
+      out.zero_();
+      return;
+    }
     const RoisByImage by_image = group_rois(rp, k, n);
     const auto plan = make_align_plan(rp, k, int(h), int(w), int(pooled_height), int(pooled_width), spatial_scale,
                                       int(sampling_ratio), aligned);
@@ -431,12 +470,13 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
   FASTMTL_DISPATCH_BOXES(x.scalar_type(), "roi_pool_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* rp = r.const_data_ptr<scalar_t>();
-    const RoisByImage by_image = group_rois(rp, k, n);  // checks the batch indices
     if (h == 0 || w == 0) {  // every bin is empty: 0 and argmax -1, without indexing an empty map
+      batch_indices(rp, k, n);
       out.zero_();
       argmax.fill_(-1);
       return;
     }
+    const RoisByImage by_image = group_rois(rp, k, n);  // checks the batch indices
     const std::vector<int> bins = make_pool_bins(rp, k, int(h), int(w), int(pooled_height), int(pooled_width),
                                                  spatial_scale);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

@@ -101,9 +101,15 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, con
     roi::AlignAxis<T> ay, ax;
     align_axes(r, scale, d, sampling_ratio, aligned, ay, ax);
     const scalar_t* plane = input + (b * d.c + bin.c) * d.h * d.w;
+    const T count = roi::sample_count(ay, ax);
     T sum = T(0);
     for_each_tap(ay, ax, bin, d, [&](int64_t at, T w) { sum += w * static_cast<T>(plane[at]); });
-    out[i] = static_cast<scalar_t>(sum / roi::sample_count(ay, ax));
+    sum /= count;
+    if (!isfinite(sum)) {  // overflowed near the float limit: each weight divided first keeps it a mean
+      sum = T(0);
+      for_each_tap(ay, ax, bin, d, [&](int64_t at, T w) { sum += w / count * static_cast<T>(plane[at]); });
+    }
+    out[i] = static_cast<scalar_t>(sum);
   }
 }
 
@@ -353,9 +359,12 @@ void launch_align_backward_deterministic(const at::Tensor& g, const at::Tensor& 
   TORCH_CHECK(k_count < INT_MAX && d.n < INT_MAX,
               "the deterministic CUDA backward of roi_align takes fewer than 2^31 - 1 rois and images, got ",
               k_count, " rois and ", d.n, " images");
-  TORCH_CHECK(d.h < (int64_t(1) << 30) && d.w < (int64_t(1) << 30) && d.ph + d.pw < INT_MAX,
+  TORCH_CHECK(d.h < (int64_t(1) << 30) && d.w < (int64_t(1) << 30),
               "the deterministic CUDA backward of roi_align takes height and width below 2^30, got ", d.h,
               " and ", d.w);
+  TORCH_CHECK(d.ph + d.pw < INT_MAX,
+              "the deterministic CUDA backward of roi_align takes output_size with height + width below 2^31 - 1, "
+              "got ", d.ph, " and ", d.pw);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto opts = r.options();
   // Scratch, sized from shapes only.
