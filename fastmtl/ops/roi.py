@@ -56,6 +56,15 @@ def check_limits(pooled_height, pooled_width, sampling_ratio, height, width) -> 
         )
 
 
+def check_output_elements(rois: int, channels: int, pooled_height: int, pooled_width: int) -> None:
+    """The C++ limit of 2^60 output elements (past it the output's byte size overflows)."""
+    if rois * channels * pooled_height * pooled_width > 2**60:
+        raise InputError(
+            f"output_size = ({pooled_height}, {pooled_width}): the output of {rois} rois x {channels} "
+            f"channels x {pooled_height} x {pooled_width} bins is past 2^60 elements"
+        )
+
+
 def check_op_args(input, rois, spatial_scale, pooled_height, pooled_width) -> None:
     """The C++ check_roi_args (csrc/ops/roi/roi.cpp) for the fake kernels: ranks, dtypes and
     sizes, so that a traced program fails where the real call would (a meta ``input`` of rank 3,
@@ -143,6 +152,7 @@ def _check(input, boxes, output_size, spatial_scale, sampling_ratio=-1) -> tuple
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
         raise InputError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
     check_limits(pooled[0], pooled[1], sampling_ratio, input.shape[2], input.shape[3])
+    check_output_elements(rois.shape[0], input.shape[1], pooled[0], pooled[1])
     is_number = isinstance(spatial_scale, (int, float)) and not isinstance(spatial_scale, bool)
     if not is_number or not (0 < spatial_scale < math.inf):
         raise InputError(f"spatial_scale must be a finite number > 0, got {spatial_scale!r}")
@@ -300,12 +310,14 @@ def _register() -> None:
     ):
         check_op_args(input, rois, spatial_scale, pooled_height, pooled_width)
         check_limits(pooled_height, pooled_width, sampling_ratio, input.shape[2], input.shape[3])
+        check_output_elements(rois.shape[0], input.shape[1], pooled_height, pooled_width)
         return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
     @torch.library.register_fake(lib + "roi_pool")
     def _(input, rois, spatial_scale, pooled_height, pooled_width):
         check_op_args(input, rois, spatial_scale, pooled_height, pooled_width)
         check_limits(pooled_height, pooled_width, -1, input.shape[2], input.shape[3])
+        check_output_elements(rois.shape[0], input.shape[1], pooled_height, pooled_width)
         shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
         return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
 

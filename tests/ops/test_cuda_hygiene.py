@@ -138,6 +138,34 @@ def test_cuda_graph_capture(name):
     torch.testing.assert_close(captured, eager)
 
 
+@pytest.mark.parametrize("name", HOT_PATH)
+def test_forward_is_bitwise_repeatable(name):
+    """Every forward gives the same bits on every call (README's determinism table)."""
+    call = _hot_path_calls()[name]
+    with torch.no_grad():
+        first = call()
+        again = call()
+    firsts = first if isinstance(first, tuple) else (first,)
+    agains = again if isinstance(again, tuple) else (again,)
+    assert all(torch.equal(a, b) for a, b in zip(firsts, agains, strict=True))
+
+
+def test_atomic_free_backward_is_bitwise_repeatable():
+    """The ops the README lists as bit-repeatable backward on CUDA (no atomics)."""
+    p, t = boxes(500), boxes(400)
+    x = feats(2, 8, 32, 32)
+    target = F.gram_matrix(feats(1, 8, 32, 32))[0]
+    calls = {
+        "complete_box_iou": (p, lambda p: F.complete_box_iou(p, t).square().sum()),
+        "ciou_loss": (p, lambda p: F.ciou_loss(p[:400], t, reduction="sum")),
+        "style_loss": (x, lambda x: F.style_loss(x, target)),
+    }
+    for name, (value, fn) in calls.items():
+        leaf = value.detach().requires_grad_()
+        grads = [torch.autograd.grad(fn(leaf), leaf)[0] for _ in range(2)]
+        assert torch.equal(grads[0], grads[1]), name
+
+
 def test_roi_align_deterministic_backward_is_bitwise_repeatable():
     x = feats(2, 16, 48, 48).requires_grad_()
     r = rois(200)

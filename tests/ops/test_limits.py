@@ -196,3 +196,30 @@ def test_empty_map_with_a_huge_batch():
             fn(x[:1], bad, 2)
         with pytest.raises(RuntimeError, match="batch ind"):
             op(x[:1], bad)
+
+
+def test_outputs_too_large_name_output_size():
+    """Past 2^60 elements torch reported "Storage size calculation overflowed"; below it, an
+    output that does not fit reported the allocator. Both now name output_size, in the functions,
+    the ops and the fake kernels alike (expanded views: no memory)."""
+    ops = torch.ops.fastmtl
+    calls = (
+        lambda x, r: F.roi_align(x, r, 2**15),
+        lambda x, r: F.roi_pool(x, r, 2**15),
+        lambda x, r: ops.roi_align(x, r, 1.0, 2**15, 2**15, 2, False),
+        lambda x, r: ops.roi_pool(x, r, 1.0, 2**15, 2**15),
+    )
+    for k, match in ((2**20, "output_size.*2\\^60"), (2**10, "output_size.*does not fit")):
+        x = torch.zeros(1, 1, 8, 8).expand(1, k, 8, 8)
+        for call in calls:
+            with pytest.raises(ValueError, match=match):
+                call(x, ROIS.expand(k, 5))
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(torch.zeros(1, 2**20, 8, 8))
+        r = mode.from_tensor(torch.zeros(2**20, 5))
+        for call in (
+            lambda: ops.roi_align(x, r, 1.0, 2**15, 2**15, 2, False),
+            lambda: ops.roi_pool(x, r, 1.0, 2**15, 2**15),
+        ):
+            with pytest.raises(ValueError, match="output_size.*2\\^60"):
+                call()

@@ -2,6 +2,7 @@
 // `deterministic` flag that picks roi_align's CUDA backward).
 #include "roi.h"
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -23,6 +24,15 @@ static void check_sizes(double spatial_scale, int64_t pooled_height, int64_t poo
                     ") is too large: at most 2^31 - 1 bins per roi");
   TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, "spatial_scale must be finite and > 0, got ",
               spatial_scale);
+}
+
+// At most 2^60 output elements (2^63 bytes of float64): past that the size of the output cannot
+// be computed; below it, an output that does not fit is named by empty_roi_output.
+static void check_output_elements(int64_t rois, int64_t channels, int64_t pooled_height, int64_t pooled_width) {
+  const __int128 elements = static_cast<__int128>(rois) * channels * pooled_height * pooled_width;
+  TORCH_CHECK_VALUE(elements <= (static_cast<__int128>(1) << 60), "output_size = (", pooled_height, ", ",
+                    pooled_width, "): the output of ", rois, " rois x ", channels, " channels x ", pooled_height,
+                    " x ", pooled_width, " bins is past 2^60 elements");
 }
 
 // Sides below 2^30 too: a float32 sample position at a side of 2^31 - 64 or more rounds to 2^31,
@@ -64,6 +74,19 @@ void check_roi_args(const at::Tensor& input, const at::Tensor& rois, double spat
   check_sizes(spatial_scale, pooled_height, pooled_width);
   check_scale_for(spatial_scale, input.scalar_type());
   check_plane(input.size(2), input.size(3), "input");
+  check_output_elements(rois.size(0), input.size(1), pooled_height, pooled_width);
+}
+
+at::Tensor empty_roi_output(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
+                            int64_t pooled_width, std::optional<at::ScalarType> dtype) {
+  const int64_t k = rois.size(0), c = input.size(1);
+  try {
+    return at::empty({k, c, pooled_height, pooled_width}, input.options().dtype(dtype.value_or(input.scalar_type())));
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(false, "output_size = (", pooled_height, ", ", pooled_width, "): the output of ", k,
+                      " rois x ", c, " channels x ", pooled_height, " x ", pooled_width,
+                      " bins does not fit in memory (", e.what_without_backtrace(), ")");
+  }
 }
 
 void check_roi_grad(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale, int64_t pooled_height,

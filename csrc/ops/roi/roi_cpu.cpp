@@ -250,7 +250,7 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
   check_roi_args(input, rois, spatial_scale, pooled_height, pooled_width);
   check_sampling_ratio(sampling_ratio);
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
-  auto out = at::empty({k, c, pooled_height, pooled_width}, input.options());
+  auto out = empty_roi_output(input, rois, pooled_height, pooled_width);
   if (out.numel() == 0) return out;
   // A channels_last input is copied to NCHW here (one pass over the input), as torchvision does.
   const auto x = input.contiguous(), r = rois.contiguous();
@@ -463,8 +463,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
                                                 double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
   check_roi_args(input, rois, spatial_scale, pooled_height, pooled_width);
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
-  auto out = at::empty({k, c, pooled_height, pooled_width}, input.options());
-  auto argmax = at::empty({k, c, pooled_height, pooled_width}, input.options().dtype(at::kInt));
+  auto out = empty_roi_output(input, rois, pooled_height, pooled_width);
+  auto argmax = empty_roi_output(input, rois, pooled_height, pooled_width, at::kInt);
   if (out.numel() == 0) return {out, argmax};
   const auto x = input.contiguous(), r = rois.contiguous();
   FASTMTL_DISPATCH_BOXES(x.scalar_type(), "roi_pool_cpu", [&] {

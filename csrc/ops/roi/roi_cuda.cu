@@ -438,7 +438,7 @@ at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, doubl
   check_sampling_ratio(sampling_ratio);
   const c10::cuda::CUDAGuard guard(input.device());
   const Dims d{input.size(0), input.size(1), input.size(2), input.size(3), pooled_height, pooled_width};
-  auto out = at::empty({rois.size(0), d.c, pooled_height, pooled_width}, input.options());
+  auto out = empty_roi_output(input, rois, pooled_height, pooled_width);
   if (out.numel() == 0) return out;
   if (d.h == 0 || d.w == 0) return out.zero_();
   const auto x = input.contiguous(), r = rois.contiguous();
@@ -552,8 +552,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cuda(const at::Tensor& input, const 
   check_roi_args(input, rois, spatial_scale, pooled_height, pooled_width);
   const c10::cuda::CUDAGuard guard(input.device());
   const Dims d{input.size(0), input.size(1), input.size(2), input.size(3), pooled_height, pooled_width};
-  auto out = at::empty({rois.size(0), d.c, pooled_height, pooled_width}, input.options());
-  auto argmax = at::empty(out.sizes(), input.options().dtype(at::kInt));
+  auto out = empty_roi_output(input, rois, pooled_height, pooled_width);
+  auto argmax = empty_roi_output(input, rois, pooled_height, pooled_width, at::kInt);
   if (out.numel() == 0) return {out, argmax};
   const auto x = input.contiguous(), r = rois.contiguous();
   FASTMTL_DISPATCH_BOXES(x.scalar_type(), "roi_pool_cuda", [&] {
