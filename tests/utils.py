@@ -192,3 +192,17 @@ DISPATCH_DEVICES = (
         ],
     ),
 )
+
+
+def yolo_v1_inputs(
+    gen: torch.Generator, n=3, grid=(7, 7), boxes=2, classes=4, max_boxes=5, dtype=torch.float32, device="cpu"
+) -> tuple:
+    """(pred [N, H, W, 5B + C], targets [N, M, 5], counts [N]) with counts 0, 1, ..., M cycling;
+    sizes in (0, 0.6), padding rows random (they must be ignored)."""
+    pred = torch.randn(n, *grid, 5 * boxes + classes, generator=gen, dtype=torch.float64) * 0.5
+    pred[..., : 5 * boxes].view(n, *grid, boxes, 5)[..., 2:4] += 0.4  # sqrt sizes around 0.4
+    t = torch.rand(n, max_boxes, 5, generator=gen, dtype=torch.float64)
+    t[..., 0] = torch.randint(0, classes, (n, max_boxes), generator=gen).double()
+    t[..., 3:] *= 0.6
+    counts = torch.arange(n) % (max_boxes + 1)
+    return pred.to(dtype).to(device), t.to(device), counts.to(device)

@@ -26,6 +26,7 @@ from fastmtl.ops.poolers import MultiScaleRoIAlign
 from fastmtl.ops.roi import RoIAlign, RoIPool, roi_align, roi_pool
 from fastmtl.ops.soft_nms import soft_nms
 from fastmtl.ops.style import content_loss, style_loss
+from fastmtl.ops.yolo_v1 import yolo_v1_loss
 
 __all__ = [
     "Detections",
@@ -55,6 +56,7 @@ __all__ = [
     "gram_matrix",
     "iou_loss",
     "style_loss",
+    "yolo_v1_loss",
 ]
 
 # Calls through this package (``fastmtl.ops.box_iou(...)``) are FX leaves too, as torchvision's

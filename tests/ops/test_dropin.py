@@ -17,7 +17,7 @@ import fastmtl
 import fastmtl.ops as F
 from fastmtl import _ext
 from fastmtl.ops import _checks
-from tests.utils import assert_close, compiled_only, tie_free_boxes, tol
+from tests.utils import assert_close, compiled_only, tie_free_boxes, tol, yolo_v1_inputs
 
 pytestmark = compiled_only
 
@@ -67,6 +67,7 @@ CASES = {
     "gram_matrix": (F.gram_matrix, lambda g: (features(g),)),
     "style_loss": (F.style_loss, lambda g: (features(g), torch.randn(3, 3, generator=g).double().float())),
     "content_loss": (F.content_loss, lambda g: (features(g), features(g))),
+    "yolo_v1_loss": (F.yolo_v1_loss, lambda g: (*yolo_v1_inputs(g), 2, 4)),
 }
 
 
@@ -77,6 +78,8 @@ def test_every_public_function_is_in_the_table():
 
 
 def _flat(out):
+    if isinstance(out, dict):
+        return list(out.values())
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 

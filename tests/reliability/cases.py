@@ -26,6 +26,7 @@ import torchvision.ops as tv
 
 import fastmtl.ops as F
 from fastmtl.ops import _reference as R
+from fastmtl.ops._yolo_v1_reference import yolo_v1_terms
 
 ERRORS = (TypeError, ValueError, RuntimeError, NotImplementedError)
 
@@ -33,7 +34,7 @@ ERRORS = (TypeError, ValueError, RuntimeError, NotImplementedError)
 VALUE_MUTATIONS = {"nan", "huge", "swap", "batch_index", "expand"}
 # Errors of the value checks (CPU only): a meta call may return where these raise (a shorter
 # input batch, say, leaves a roi's batch index out of range).
-VALUE_ERRORS = ("batch ind", "NaN", "infinite")
+VALUE_ERRORS = ("batch ind", "NaN", "infinite", "class ind", "image fractions", "rows of targets", "the size")
 
 
 def _boxes(g, n, *lead):
@@ -395,7 +396,42 @@ def _specs():
         strings=("normalization", "reduction"),
         related={"features": ("features", "target"), "target": ("features", "target")},
     )
+
+    # YOLO losses ----------------------------------------------------------------------------
+    yolo_rel = {k: ("pred", "targets", "counts") for k in ("pred", "targets", "counts")}
+    yolo_rel["num_boxes"] = yolo_rel["num_classes"] = ("num_boxes", "num_classes", "pred")
+    yolo_options = {"num_boxes": 2, "num_classes": 3, "lambda_coord": 5.0, "lambda_noobj": 0.5}
+    yolo_options_kw = dict(
+        tensors=("pred", "targets", "counts"),
+        ints=("num_boxes", "num_classes"),
+        floats=("lambda_coord", "lambda_noobj"),
+        related=yolo_rel,
+    )
+    add(
+        "yolo_v1_loss",
+        "py",
+        _py(F.yolo_v1_loss),
+        lambda g: {**_yolo_v1(g), **yolo_options, "wh": "signed_sqrt", "reduction": "none"},
+        strings=("wh", "conf_target", "reduction"),
+        **yolo_options_kw,
+    )
+    add(
+        "yolo_v1_loss",
+        "op",
+        lambda **kw: torch.ops.fastmtl.yolo_v1_loss(**kw)[0],
+        lambda g: {**_yolo_v1(g), **yolo_options, "wh": "sqrt", "conf_target": "iou", "compute_grad": False},
+        lambda compute_grad, **kw: yolo_v1_terms(**kw),
+        strings=("wh", "conf_target"),
+        **yolo_options_kw,
+    )
     return {s.name: s for s in out}
+
+
+def _yolo_v1(g, n=2, grid=3, boxes=2, classes=3, max_boxes=3) -> dict:
+    pred = torch.randn(n, grid, grid, 5 * boxes + classes, generator=g)
+    targets = torch.rand(n, max_boxes, 5, generator=g)
+    targets[..., 0] = torch.randint(0, classes, (n, max_boxes), generator=g).float()
+    return {"pred": pred, "targets": targets, "counts": torch.tensor([max_boxes, 1])[:n]}
 
 
 SPECS = _specs()
@@ -406,12 +442,13 @@ GROUPS = {
     "nms": [n for n in SPECS if "nms" in n],
     "roi": [n for n in SPECS if n.startswith("roi_")],
     "gram": [n for n in SPECS if n.startswith(("gram", "style", "content"))],
+    "yolo": [n for n in SPECS if n.startswith("yolo")],
 }
 assert sorted(sum(GROUPS.values(), [])) == sorted(SPECS)
 
 
 # The reference of the "py" route: the same function with the compiled kernels off ------------
-_MODULES = ("box_iou", "gram", "multiclass_nms", "nms", "roi", "soft_nms", "style")
+_MODULES = ("box_iou", "gram", "multiclass_nms", "nms", "roi", "soft_nms", "style", "yolo_v1")
 
 
 @contextlib.contextmanager
@@ -432,6 +469,8 @@ class Mismatch(AssertionError):
 def _flat(out):
     if isinstance(out, torch.Tensor):
         return [out]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flat(o)]
     if isinstance(out, (tuple, list)):
         return [t for o in out for t in _flat(o)]
     return [out]
