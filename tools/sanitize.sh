@@ -75,6 +75,11 @@ start=$(date +%s)
 rc=0
 "$PY" -m pytest -q -p no:cacheprovider -m "not cuda" "$@" || rc=$?
 echo "tests in $(($(date +%s) - start)) s (exit $rc)"
+# An allocation refused by allocator_may_return_null (a test asking for petabytes, which torch then
+# names) leaves a warning, not an error: a report made only of those is dropped.
+for f in "$REPORTS"/*; do
+  [ -e "$f" ] && ! grep -qv "WARNING: AddressSanitizer failed to allocate" "$f" && rm -f "$f"
+done
 if compgen -G "$REPORTS/*" > /dev/null; then
   for f in "$REPORTS"/*; do echo "== sanitizer report $f"; head -60 "$f"; done
   echo "sanitizer reports (above, in $REPORTS): failing"
