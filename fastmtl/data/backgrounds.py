@@ -22,7 +22,7 @@ BACKGROUNDS = (
 )  # fmt: skip
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_background(name: str) -> Tensor:
     """``[3, H, W]`` float32 in [0, 1] of ``skimage.data.<name>()`` (grey ones repeated)."""
     try:

@@ -76,7 +76,7 @@ class CompositeConfig:
             raise ValueError(f"need known, non-empty sources and backgrounds; unknown: {unknown}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _catalog(sources: tuple, split: str) -> tuple:
     """``(names, [(bank, item indices), ...])``, one entry per class, in the order of ``sources``."""
     names, classes = [], []
@@ -112,11 +112,16 @@ def _draw_object(gen: torch.Generator, config: CompositeConfig) -> tuple:
     h0, w0 = alpha.shape
     h, w = max(1, round(side * h0 / max(h0, w0))), max(1, round(side * w0 / max(h0, w0)))
     both = torch.stack([shade, alpha])[None]
-    both = F.interpolate(both, size=(h, w), mode="bilinear", align_corners=False, antialias=h < h0)[0]
+    if h < h0:
+        both = F.interpolate(both, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    else:  # bicubic: an 8×8 digit blown up bilinearly shows its grid
+        both = F.interpolate(both, size=(h, w), mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
     if bank.flippable and _rand(gen) < 0.5:
         both = both.flip(-1)
     colour = 0.1 + 0.9 * torch.rand(3, 1, 1, generator=gen)
-    return label + 1, colour * both[0], both[1].clamp(0.0, 1.0)
+    # a crisper edge than the resampling's (0.5 stays the object's edge): faint halos look fake
+    alpha = ((both[0, 1] - 0.5) * 3 + 0.5).clamp_(0.0, 1.0)
+    return label + 1, colour * both[0, 0], alpha
 
 
 class _Scene:

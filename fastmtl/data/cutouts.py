@@ -176,7 +176,7 @@ def _cv_digits(split: str) -> CutoutBank:
 SOURCES = {"digits": _digits, "fashion": _fashion, "coins": _coins, "horse": _horse, "cv_digits": _cv_digits}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_cutouts(name: str, split: str = "train") -> CutoutBank:
     """The bank of source ``name`` (one of :data:`SOURCES`), loaded once per process."""
     if name not in SOURCES:
