@@ -6,6 +6,7 @@ photos have things in them (a cat, an astronaut, a rocket): unlabelled clutter, 
 """
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,14 @@ def load_background(name: str) -> Tensor:
     return pixels.contiguous()
 
 
+@functools.cache
+def _halved(name: str, times: int) -> Tensor:
+    """The photo shrunk 2**times times, so a big crop is not antialiased down from full size."""
+    if times == 0:
+        return load_background(name)
+    return F.avg_pool2d(_halved(name, times - 1)[None], 2, ceil_mode=True)[0]
+
+
 def _uniform(gen: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=gen))
 
@@ -48,11 +57,13 @@ def random_background(gen: torch.Generator, names: tuple, size: int, *, min_crop
 
     The crop's side is a fraction in ``[min_crop, 1]`` of the image's shorter side.
     """
-    photo = load_background(names[int(torch.randint(len(names), (1,), generator=gen))])
-    _, h, w = photo.shape
+    name = names[int(torch.randint(len(names), (1,), generator=gen))]
+    _, h, w = load_background(name).shape
     side = max(2, round(_uniform(gen, min_crop, 1.0) * min(h, w)))
     y = int(torch.randint(h - side + 1, (1,), generator=gen))
     x = int(torch.randint(w - side + 1, (1,), generator=gen))
+    times = max(0, int(math.log2(side / size)))  # the crop still has at least `size` pixels a side
+    photo, side, y, x = _halved(name, times), side >> times, y >> times, x >> times
     crop = photo[None, :, y : y + side, x : x + side]
     image = F.interpolate(
         crop, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["SOURCES", "CutoutBank", "SourceUnavailableError", "cutout", "load_cutouts"]
@@ -152,6 +153,9 @@ def _horse(split: str) -> CutoutBank:
     alpha = torch.from_numpy(~_skimage_data().horse()).float()  # the photo is white around a black horse
     ys, xs = alpha.nonzero().unbind(1)
     alpha = alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    # 304×371 pixels: shrunk once to 128 on the longer side, not at each paste
+    size = [round(128 * n / max(alpha.shape)) for n in alpha.shape]
+    alpha = F.interpolate(alpha[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
     return CutoutBank(
         "horse", ("horse",), [torch.ones_like(alpha)], [alpha], torch.zeros(1, dtype=torch.int64), True
     )
