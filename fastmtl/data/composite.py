@@ -1,18 +1,24 @@
 """A deterministic detection dataset of real cut-out objects composited onto real backgrounds.
 
-Each image is a crop of a real texture or photo (:mod:`fastmtl.data.backgrounds`) with 1 to
-``max_objects`` real objects pasted on it (:mod:`fastmtl.data.cutouts`: handwritten digits, coins,
-a horse silhouette by default; Fashion-MNIST or OpenCV's digits when installed), each at a random
-scale (its longer side ``min_scale`` to ``max_scale`` of the image, log-uniform), position and
-colour, mirrored where that keeps its class. Classes are drawn uniformly, then an item of the class.
+Each image is a crop of a real texture or photo (:mod:`fastmtl.data.backgrounds`) with
+``min_objects`` to ``max_objects`` real objects pasted on it (:mod:`fastmtl.data.cutouts`:
+handwritten digits, coins and a horse silhouette by default; Fashion-MNIST or OpenCV's digits
+when installed). Each object gets a random class (uniform), item of that class, scale (its longer
+side ``min_scale`` to ``max_scale`` of the image side, log-uniform), position and colour, and is
+mirrored where that keeps its class.
 
 Occlusion rule: objects are drawn in order, later ones over earlier ones. An object's pixels are
-those where its alpha is at least 0.5. A new object is placed only where, afterwards, every object
-(earlier ones included) still shows at least ``min_visible`` of its own pixels; the object tries
-``tries`` positions, and is skipped (another one is drawn) if none fits. So every object in the
-image is labelled, and none is hidden beyond ``min_visible``. Its box is the tight ``(x1, y1, x2,
-y2)`` pixel box of its visible pixels (pixel ``j`` covers ``[j, j + 1)``), so a partly covered
-object's box shrinks to what is seen.
+those where its alpha is at least 0.5 (the softer fringe outside them is blended in but belongs to
+no object). A new object is placed only where, afterwards, every object (earlier ones included)
+still shows at least ``min_visible`` of its own pixels; it tries ``tries`` positions and is skipped
+(another one is drawn) if none fits. So every object in the image is labelled and none is hidden
+beyond ``min_visible``. A box is the tight ``(x1, y1, x2, y2)`` pixel box of the object's visible
+pixels (pixel ``j`` covers ``[j, j + 1)``): a partly covered object's box shrinks to what is seen.
+
+Counts: after twice the wanted number of draws a scene stops short. Fewer than ``min_objects``
+happens only in crowded settings (no image in 500 with the defaults and ``min_objects=
+max_objects=6``; 1 in 500 with 4 objects and ``min_visible=1``); the first object fits wherever
+it lands (there is nothing to hide), so there is always at least one.
 
 Image ``i`` of seed ``s`` comes from its own generator, seeded from ``(s, i)``: any image can be
 made on its own, in any order, and is the same every time.

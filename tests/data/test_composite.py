@@ -12,6 +12,7 @@ from fastmtl.data.composite import (
     CompositeConfig,
     CompositeDataset,
     _catalog,
+    _Scene,
     class_mask,
     composite_class_names,
     make_composite_image,
@@ -93,6 +94,17 @@ def test_occlusion_rule(gen):
     for _ in range(8):
         _, target = make_composite_image(gen, config)
         assert (target["visible"] == 1).all()
+
+
+def test_occlusion_rule_by_hand():
+    scene = _Scene(torch.zeros(3, 16, 16))
+    square, ones = torch.ones(4, 4), torch.ones(3, 4, 4)
+    assert scene.try_place(1, ones, square, 2, 3, min_visible=0.5)
+    assert (scene.image[:, 3:7, 2:6] == 1).all() and scene.image.sum() == 3 * 16
+    assert scene.try_place(2, 0.5 * ones, square, 4, 3, min_visible=0.5)  # hides 8 of 16 pixels
+    assert not scene.try_place(3, ones, square, 3, 4, min_visible=0.5)  # would leave 6 of 16
+    assert scene.labels == [1, 2] and scene.visible == [8, 16] and (scene.image[:, 3:7, 4:8] == 0.5).all()
+    assert scene.boxes().tolist() == [[2, 3, 4, 7], [4, 3, 8, 7]]  # the first box shrinks to what shows
 
 
 def test_counts_and_class_mask():
