@@ -60,7 +60,7 @@ class CompositeConfig:
     max_scale: float = 0.5
     min_visible: float = 0.5  # fraction of each object's pixels that must stay visible
     tries: int = 10  # positions tried per object before it is skipped
-    min_crop: float = 0.3  # background crop side, as a fraction of the photo's shorter side
+    min_crop: float = 0.5  # background crop side, as a fraction of the photo's shorter side
     noise: float = 0.02  # std of the Gaussian noise over the whole image
 
     def __post_init__(self):
