@@ -62,6 +62,9 @@ class CompositeConfig:
     tries: int = 10  # positions tried per object before it is skipped
     min_crop: float = 0.5  # background crop side, as a fraction of the photo's shorter side
     noise: float = 0.02  # std of the Gaussian noise over the whole image
+    # return the [S, S] int64 instance map (8 bytes a pixel through DataLoader workers: a detector
+    # that needs only boxes can leave it out)
+    instances: bool = True
 
     def __post_init__(self):
         if not 1 <= self.min_objects <= self.max_objects <= 255:
@@ -174,8 +177,9 @@ def make_composite_image(gen: torch.Generator, config: CompositeConfig = Composi
     Returns:
         ``(image, target)``: ``image`` ``[3, S, S]`` float32 in [0, 1]; ``target`` a dict of
         ``boxes`` ``[K, 4]`` float32 ``(x1, y1, x2, y2)`` inside the image, ``labels`` ``[K]``
-        int64 in ``1..num_classes``, ``instances`` ``[S, S]`` int64 (``k + 1`` where object ``k``
-        shows, 0 elsewhere) and ``visible`` ``[K]`` float32 (fraction of each object's pixels seen).
+        int64 in ``1..num_classes``, ``visible`` ``[K]`` float32 (fraction of each object's pixels
+        seen) and, unless ``config.instances`` is False, ``instances`` ``[S, S]`` int64 (``k + 1``
+        where object ``k`` shows, 0 elsewhere).
     """
     s = config.image_size
     scene = _Scene(random_background(gen, config.backgrounds, s, min_crop=config.min_crop))
@@ -194,9 +198,10 @@ def make_composite_image(gen: torch.Generator, config: CompositeConfig = Composi
     target = {
         "boxes": scene.boxes(),
         "labels": torch.tensor(scene.labels, dtype=torch.int64),
-        "instances": scene.instances,
         "visible": torch.tensor(scene.visible, dtype=torch.float32) / torch.tensor(scene.area).clamp(min=1),
     }
+    if config.instances:
+        target["instances"] = scene.instances
     return image, target
 
 

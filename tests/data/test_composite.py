@@ -126,6 +126,14 @@ def test_collate_and_loader():
     assert _same((images[2], targets[2]), ds[2])
 
 
+def test_instances_optional(seed):
+    config = CompositeConfig(image_size=64, instances=False)
+    image, target = CompositeDataset(1, seed=seed, config=config)[0]
+    full_image, full = CompositeDataset(1, seed=seed, config=SMALL)[0]
+    assert set(target) == {"boxes", "labels", "visible"}
+    assert torch.equal(image, full_image) and torch.equal(target["boxes"], full["boxes"])
+
+
 def test_class_names_and_splits():
     names = composite_class_names()
     assert names[0] == "background" and names[1:11] == tuple(f"digit {d}" for d in range(10))
