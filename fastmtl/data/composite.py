@@ -184,7 +184,7 @@ def make_composite_image(gen: torch.Generator, config: CompositeConfig = Composi
     s = config.image_size
     scene = _Scene(random_background(gen, config.backgrounds, s, min_crop=config.min_crop))
     wanted = config.min_objects + _randint(gen, config.max_objects - config.min_objects + 1)
-    for _ in range(2 * wanted):  # a skipped object is replaced by another draw, once on average
+    for _ in range(2 * wanted):  # skipped objects are replaced by new draws, up to `wanted` of them
         if len(scene.labels) == wanted:
             break
         label, rgb, alpha = _draw_object(gen, config)

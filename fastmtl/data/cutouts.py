@@ -48,7 +48,8 @@ class CutoutBank:
 
     ``shade[i]`` is ``[h, w]`` float32 grey shading in [0, 1] (multiplied by the object's colour),
     ``alpha[i]`` ``[h, w]`` float32 in [0, 1], ``labels`` ``[N]`` int64 in ``0..len(names) - 1``.
-    ``shade`` and ``alpha`` are ``[N, h, w]`` tensors or lists of tensors of varying sizes.
+    ``shade`` and ``alpha`` are ``[N, h, w]`` tensors or lists of tensors of varying sizes;
+    ``alpha`` is None where it is derived from each item when drawn (:func:`cutout`).
     """
 
     name: str
