@@ -120,8 +120,9 @@ setup(
     install_requires=["torch>=2.8", "numpy"],
     extras_require={
         "test": ["hypothesis", "pytest", "pytest-benchmark", "torchvision"],
-        # The demos: progress bars, plots, PNGs and the sample photos of scikit-image.
-        "demo": ["tqdm", "matplotlib", "pillow", "scikit-image"],
+        # The demos: progress bars, plots, PNGs, the sample photos of scikit-image and the
+        # handwritten digits of scikit-learn (the composite detection scenes' objects).
+        "demo": ["tqdm", "matplotlib", "pillow", "scikit-image", "scikit-learn"],
     },
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -1,5 +1,15 @@
 """Datasets for the fastmtl pipelines."""
 
+from fastmtl.data.backgrounds import BACKGROUNDS
+from fastmtl.data.composite import (
+    CompositeConfig,
+    CompositeDataset,
+    class_mask,
+    composite_class_names,
+    make_composite_image,
+)
+from fastmtl.data.cutouts import SOURCES, SourceUnavailableError, load_cutouts
+from fastmtl.data.preview import save_preview
 from fastmtl.data.shapes import (
     SHAPE_NAMES,
     ShapesConfig,
@@ -8,4 +18,20 @@ from fastmtl.data.shapes import (
     make_shapes_image,
 )
 
-__all__ = ["SHAPE_NAMES", "ShapesConfig", "ShapesDataset", "detection_collate", "make_shapes_image"]
+__all__ = [
+    "BACKGROUNDS",
+    "SHAPE_NAMES",
+    "SOURCES",
+    "CompositeConfig",
+    "CompositeDataset",
+    "ShapesConfig",
+    "ShapesDataset",
+    "SourceUnavailableError",
+    "class_mask",
+    "composite_class_names",
+    "detection_collate",
+    "load_cutouts",
+    "make_composite_image",
+    "make_shapes_image",
+    "save_preview",
+]
