@@ -1,0 +1,174 @@
+"""The anchor-based YOLO loss reference: v3 mode against hand-computed numbers and invariants,
+yolov5 mode against yolov5's own ComputeLoss (skipped when yolov5 is not installed)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastmtl.ops._yolo_anchor_reference import YOLOV5_ANCHORS, YOLOV5_STRIDES, yolo_anchor_loss_reference
+from tests.utils import assert_close
+
+F64 = torch.float64
+TERMS = ("total", "box", "obj", "noobj", "cls")
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def one_scale(preds, targets, counts, **kw):
+    """Stride 8, a 2 x 2 grid (a 16-pixel image), anchors 4 x 4 and 8 x 16 pixels."""
+    anchors = torch.tensor([[[4.0, 4.0], [8.0, 16.0]]], dtype=F64)
+    return yolo_anchor_loss_reference([preds], targets, counts, anchors, (8,), **kw)
+
+
+def zero_preds(classes=2):
+    return torch.zeros(1, 2, 2, 2, 5 + classes, dtype=F64)
+
+
+# The gt of the hand case: class 0 at (0.375, 0.625), 0.25 x 0.5 of the image: in cells (0.75, 1.25),
+# 0.5 x 1 (cell gi=0, gj=1, tx=0.75, ty=0.25); 4 x 8 pixels: shape IoU 0.5 with anchor 0, 0.25 with 1.
+GT = torch.tensor([[[0.0, 0.375, 0.625, 0.25, 0.5]]], dtype=F64)
+
+
+def test_v3_hand_computed_case():
+    p = zero_preds()
+    p[0, 0, 1, 0] = torch.tensor([0.2, -0.3, 0.1, 0.4, 0.5, 1.0, -2.0], dtype=F64)
+    p[0, 1, 0, 1, 4] = -1.0  # one more non-zero objectness logit
+    got = one_scale(p, GT, torch.tensor([1]), ignore_threshold=1.0, lambda_box=5.0, lambda_noobj=0.5)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    box = (sig(0.2) - 0.75) ** 2 + (sig(-0.3) - 0.25) ** 2 + 0.1**2 + (0.4 - math.log(2.0)) ** 2
+    obj = softplus(-0.5)  # BCE(x, 1) = log(1 + e^-x)
+    noobj = 6 * math.log(2.0) + softplus(-1.0)  # the 7 other predictions, BCE(x, 0) = log(1 + e^x)
+    cls = softplus(-1.0) + softplus(-2.0)
+    want = {"box": 5 * box, "obj": obj, "noobj": 0.5 * noobj, "cls": cls}
+    want["total"] = sum(want.values())
+    for k in TERMS:
+        assert got[k].item() == pytest.approx(want[k], rel=1e-12), k
+
+
+def test_v3_ciou_box_term_by_hand():
+    p = zero_preds()  # anchor 0 (0.5 x 0.5 cells) at cell (0, 1) decodes to (0.5, 1.5), 0.5 x 0.5
+    got = one_scale(p, GT, torch.tensor([1]), box_loss="ciou", ignore_threshold=1.0)["box"].item()
+    # gt (0.75, 1.25) 0.5 x 1: intersection 0.25 x 0.5 = 0.125, union 0.5 + 0.25 - 0.125 = 0.625.
+    iou = 0.125 / (0.625 + 1e-7)
+    rho2 = 0.25**2 + 0.25**2  # centre distance squared; the enclosing box is 0.75 x 1.0
+    v = 4 / math.pi**2 * (math.atan(0.5 / 1.0) - math.atan(0.5 / 0.5)) ** 2
+    alpha = v / (1 - iou + v + 1e-7)
+    assert got == pytest.approx(1 - (iou - rho2 / (0.75**2 + 1.0**2 + 1e-7) - alpha * v), rel=1e-12)
+
+
+def test_v3_no_targets_leaves_only_the_noobj_term(gen):
+    preds = [torch.randn(3, 2, s, s, 7, generator=gen, dtype=F64) for s in (4, 2)]
+    targets = torch.full((3, 4, 5), float("nan"), dtype=F64)  # all padding: never read
+    anchors = torch.tensor(YOLOV5_ANCHORS[:2], dtype=F64)[:, :2]
+    got = yolo_anchor_loss_reference(preds, targets, torch.zeros(3, dtype=torch.long), anchors, (8, 16))
+    want = sum(F.softplus(p[..., 4]).sum() for p in preds)
+    for k in ("box", "obj", "cls"):
+        assert got[k].item() == 0.0
+    assert_close(got["noobj"], want, rtol=1e-12, atol=0)
+    assert_close(got["total"], want, rtol=1e-12, atol=0)
+    empty = torch.zeros(3, 0, 5, dtype=F64)  # B = 0 as well
+    got = yolo_anchor_loss_reference(preds, empty, torch.zeros(3, dtype=torch.long), anchors, (8, 16))
+    assert_close(got["total"], want, rtol=1e-12, atol=0)
+
+
+def test_v3_ignore_threshold():
+    # Anchor 1 (1 x 2 cells) in the gt's cell decoded exactly onto the gt: IoU 1, ignored at 0.5.
+    p = zero_preds()
+    p[0, 1, 1, 0, :5] = torch.tensor(
+        [math.log(3.0), -math.log(3.0), math.log(0.5), math.log(0.5), 2.0], dtype=F64
+    )
+    kept = one_scale(p, GT, torch.tensor([1]), ignore_threshold=1.0)
+    dropped = one_scale(p, GT, torch.tensor([1]), ignore_threshold=0.5)
+    assert (kept["noobj"] - dropped["noobj"]).item() == pytest.approx(softplus(2.0), rel=1e-12)
+    for k in ("box", "obj", "cls"):
+        assert kept[k].item() == dropped[k].item()
+    # Any threshold below its IoU ignores it as well; padding rows (NaN) never match anything.
+    padded = torch.cat((GT, torch.full((1, 2, 5), float("nan"), dtype=F64)), 1)
+    low = one_scale(p, padded, torch.tensor([1]), ignore_threshold=0.999)
+    assert_close(low["total"], dropped["total"], rtol=1e-12, atol=0)
+
+
+def test_v3_two_gts_in_one_cell_last_wins():
+    p = zero_preds()
+    p[0, 0, 1, 0] = torch.tensor([0.2, -0.3, 0.1, 0.4, 0.5, 1.0, -2.0], dtype=F64)
+    other = torch.tensor([[[1.0, 0.25, 0.75, 0.25, 0.25]]], dtype=F64)  # same cell and anchor 0
+    both = one_scale(p, torch.cat((GT, other), 1), torch.tensor([2]), ignore_threshold=1.0)
+    last = one_scale(p, other, torch.tensor([1]), ignore_threshold=1.0)
+    first = one_scale(p, torch.cat((other, GT), 1), torch.tensor([2]), ignore_threshold=1.0)
+    alone = one_scale(p, GT, torch.tensor([1]), ignore_threshold=1.0)
+    for k in TERMS:
+        assert_close(both[k], last[k], rtol=1e-12, atol=0, msg=k)
+        assert_close(first[k], alone[k], rtol=1e-12, atol=0, msg=k)
+
+
+def assigned_cells(preds, targets, anchors, strides):
+    """The (scale, image, anchor, gj, gi) whose objectness logit gets the obj gradient."""
+    preds = [p.clone().requires_grad_() for p in preds]
+    out = yolo_anchor_loss_reference(preds, targets, torch.tensor([targets.shape[1]]), anchors, strides)
+    grads = torch.autograd.grad(out["obj"], preds)
+    return [(lvl, *idx) for lvl, g in enumerate(grads) for idx in g[..., 4].nonzero().tolist()]
+
+
+def test_v3_cell_rule_at_borders_and_best_scale():
+    preds = [torch.zeros(1, 1, s, s, 6, dtype=F64) for s in (4, 2)]
+    anchors = torch.tensor([[[8.0, 8.0]], [[32.0, 32.0]]], dtype=F64)  # a 32-pixel image
+    boxes = [
+        [0.0, 0.5, 0.25, 0.25, 0.25],  # cx on an edge: the cell right of it; 8 px: scale 0
+        [0.0, 1.0, 0.0, 0.25, 0.25],  # cx = 1: the last column; cy = 0: the first row
+        [0.0, 0.75, 0.75, 1.0, 1.0],  # 32 px: scale 1, cell (1, 1)
+    ]
+    cells = assigned_cells(preds, torch.tensor([boxes], dtype=F64), anchors, (8, 16))
+    assert cells == [(0, 0, 0, 0, 3), (0, 0, 0, 1, 2), (1, 0, 0, 1, 1)]
+
+
+def test_v3_reduction_and_weights(gen):
+    preds = [torch.randn(2, 2, 2, 2, 7, generator=gen, dtype=F64)]
+    targets = torch.cat((GT, GT), 0)
+    total = one_scale(preds[0], targets, torch.tensor([1, 1]))
+    mean = one_scale(preds[0], targets, torch.tensor([1, 1]), reduction="mean")
+    for k in TERMS:
+        assert_close(mean[k], total[k] / 2, rtol=1e-12, atol=0)
+    w = one_scale(preds[0], targets, torch.tensor([1, 1]), lambda_obj=0.0, lambda_cls=3.0)
+    assert w["obj"].item() == 0.0
+    assert_close(w["cls"], 3 * total["cls"], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("box_loss", ["mse", "ciou"])
+def test_v3_gradcheck(gen, box_loss):
+    p = (torch.randn(2, 2, 2, 2, 7, generator=gen, dtype=F64) * 0.5).requires_grad_()
+    targets = torch.tensor([[[1.0, 0.3, 0.6, 0.3, 0.45], [0.0, 0.8, 0.2, 0.2, 0.1]]] * 2, dtype=F64)
+
+    def f(x):
+        return one_scale(x, targets, torch.tensor([2, 1]), box_loss=box_loss, ignore_threshold=1.0)["total"]
+
+    if box_loss == "mse":
+        assert torch.autograd.gradcheck(f, (p,))
+    else:  # CIoU's alpha is a constant in the gradient: only the rest is the true derivative
+        (g,) = torch.autograd.grad(f(p) * 0.7, p)
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_bad_arguments_are_named():
+    p, counts = zero_preds(), torch.tensor([1])
+    with pytest.raises(ValueError, match="mode"):
+        one_scale(p, GT, counts, mode="v4")
+    with pytest.raises(ValueError, match="box_loss"):
+        one_scale(p, GT, counts, mode="yolov5", box_loss="mse")
+    with pytest.raises(ValueError, match="counts"):
+        one_scale(p, GT, torch.tensor([2]))
+    with pytest.raises(ValueError, match="class"):
+        one_scale(p, GT + torch.tensor([5.0, 0, 0, 0, 0], dtype=F64), counts)
+    with pytest.raises(ValueError, match="w and h"):
+        one_scale(p, GT * torch.tensor([1.0, 1, 1, 0, 1], dtype=F64), counts)
+    with pytest.raises(ValueError, match="anchors"):
+        yolo_anchor_loss_reference([p], GT, counts, torch.ones(1, 3, 2, dtype=F64), (8,))
+    with pytest.raises(ValueError, match="lambda_noobj"):
+        one_scale(p, GT, counts, mode="yolov5", lambda_noobj=1.0)
+
+
+def test_default_tables():
+    assert torch.tensor(YOLOV5_ANCHORS).shape == (3, 3, 2) and YOLOV5_STRIDES == (8, 16, 32)
