@@ -92,7 +92,8 @@ def yolo_anchor_loss_reference(
           ``max(r, 1/r) < anchor_t`` on both sides (``r = g_wh / anchor``), in its cell and in the
           neighbour cells left/up/right/down when its centre is in that half of its cell and more
           than 1 cell from that image edge. Cell ``trunc(g_xy - offset)``, clamped to the grid;
-          target ``xy = g_xy - cell`` from the unclamped cell (so ``cx = 1`` targets offset 0).
+          target ``xy = g_xy - cell`` from the clamped cell (so ``cx = 1`` targets 1 in the last
+          column: yolov5 clamps its cell indices in place before it takes the difference).
         * Decoded ``xy = 2 sigmoid - 0.5``, ``wh = (2 sigmoid)^2 anchor``; box term: the mean of
           ``1 - CIoU`` over the scale's candidates (duplicates included), summed over scales.
         * Objectness target: the detached CIoU clamped at 0 on each candidate's cell (the last
@@ -319,7 +320,7 @@ def _yolov5_candidates(img, cls, box, anchors, h, w, anchor_t):
     o, a, t = (use[:, None, :] & fits[None]).nonzero(as_tuple=True)  # row-major: yolov5's order
     gij = (gxy[t] - box.new_tensor(_OFFSETS)[o]).long()  # trunc, as yolov5's .long()
     gi, gj = gij[:, 0].clamp(0, w - 1), gij[:, 1].clamp(0, h - 1)
-    tbox = torch.cat((gxy[t] - gij, gwh[t]), 1)  # from the unclamped cell
+    tbox = torch.cat((gxy[t] - torch.stack((gi, gj), 1), gwh[t]), 1)  # from the clamped cell
     return img[t], a, gj, gi, tbox, cls[t]
 
 

@@ -172,3 +172,110 @@ def test_bad_arguments_are_named():
 
 def test_default_tables():
     assert torch.tensor(YOLOV5_ANCHORS).shape == (3, 3, 2) and YOLOV5_STRIDES == (8, 16, 32)
+
+
+# ---------------------------------------------------------------- yolov5 mode against yolov5 itself
+
+IMAGE = 128  # grids 16, 8 and 4 at strides 8, 16 and 32
+# Centres on cell edges and half-cells of every grid, exact in binary (0 and 1 included).
+BORDERS = (0.0, 1.0, 0.5, 0.25, 0.75, 1 / 16, 3 / 32, 17 / 32, 1 / 8, 5 / 16, 31 / 32, 1 / 32, 7 / 8)
+CASES = {
+    "many objects, 80 classes": dict(counts=(0, 1, 9, 23), classes=80),
+    "one class": dict(counts=(3, 0, 1, 6), classes=1),
+    "two classes": dict(counts=(5, 2, 0, 1), classes=2),
+    "shared cells": dict(counts=(8, 6), classes=3, shared=True),
+    "cell borders": dict(counts=(12, 4), classes=5, borders=True),
+    "no objects": dict(counts=(0, 0), classes=80),
+}
+
+
+@pytest.fixture(scope="module")
+def compute_loss():
+    from tests.losses.yolov5_oracle import import_compute_loss
+
+    return import_compute_loss()
+
+
+def random_targets(gen, counts, classes, *, shared=False, borders=False):
+    """[N, B, 5] targets with NaN padding: sizes log-uniform from 2 pixels to the whole image."""
+    n, b = len(counts), max(max(counts), 1)
+    t = torch.rand(n, b, 5, generator=gen, dtype=F64)
+    t[..., 0] = torch.randint(0, classes, (n, b), generator=gen).to(F64)
+    t[..., 3:] = torch.exp(math.log(2 / IMAGE) * torch.rand(n, b, 2, generator=gen, dtype=F64))
+    if borders:
+        t[..., 1:3] = torch.tensor(BORDERS, dtype=F64)[
+            torch.randint(0, len(BORDERS), (n, b, 2), generator=gen)
+        ]
+    if shared:  # row 1: row 0's centre with another size; row 2: row 0 again; row 3: row 1 again
+        t[:, 1, 1:3] = t[:, 0, 1:3]
+        t[:, 2], t[:, 3] = t[:, 0], t[:, 1]
+    counts = torch.tensor(counts)
+    t[torch.arange(b)[None, :] >= counts[:, None]] = float("nan")
+    return t, counts
+
+
+def yolov5_targets(targets, counts):
+    """[M, 6] (image, class, x, y, w, h), image-major: yolov5's input."""
+    n, b = targets.shape[:2]
+    valid = torch.arange(b)[None, :] < counts[:, None]
+    img = torch.arange(n)[:, None].expand(n, b)[valid]
+    return torch.cat((img[:, None].to(targets.dtype), targets[valid]), 1)
+
+
+def random_preds(gen, n, classes):
+    shapes = [(n, 3, IMAGE // s, IMAGE // s, 5 + classes) for s in YOLOV5_STRIDES]
+    return [(1.5 * torch.randn(shape, generator=gen, dtype=F64)).requires_grad_() for shape in shapes]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_yolov5_mode_equals_compute_loss(compute_loss, gen, seed, case):
+    from tests.losses.yolov5_oracle import fake_model
+
+    spec = dict(CASES[case])
+    counts, classes = spec.pop("counts"), spec.pop("classes")
+    targets, counts = random_targets(gen, counts, classes, **spec)
+    preds = random_preds(gen, len(counts), classes)
+    anchors = torch.tensor(YOLOV5_ANCHORS, dtype=F64)
+    want, items = compute_loss(fake_model(anchors, YOLOV5_STRIDES, classes))(
+        preds, yolov5_targets(targets, counts)
+    )
+    got = yolo_anchor_loss_reference(preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5")
+    # yolov5 sums its terms into float32 buffers (torch.zeros(1)): float32 rounding at the end.
+    tol = dict(rtol=1e-6, atol=1e-9, msg=f"{case}, seed={seed}")
+    assert_close(got["total"], want[0], **tol)
+    for k, item in zip(("box", "obj", "cls"), items):
+        assert_close(got[k], item * len(counts), **tol)
+    assert got["noobj"].item() == 0.0
+    grads_want = torch.autograd.grad(want[0] * 0.7, preds, retain_graph=True)
+    grads_got = torch.autograd.grad(got["total"] * 0.7, preds)
+    for g, r in zip(grads_got, grads_want):
+        assert_close(g, r, rtol=1e-6, atol=1e-9 * max(r.abs().max().item(), 1.0), msg=tol["msg"])
+    mean = yolo_anchor_loss_reference(
+        preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5", reduction="mean"
+    )
+    assert_close(mean["total"], items.sum(), **tol)
+
+
+def test_yolov5_mode_with_train_py_gains(compute_loss, gen, seed):
+    """train.py rescales cls by C / 80 and obj by (image / 640)^2: passed as lambdas they agree."""
+    from tests.losses.yolov5_oracle import fake_model
+
+    classes = 7
+    targets, counts = random_targets(gen, (4, 9), classes)
+    preds = random_preds(gen, 2, classes)
+    anchors = torch.tensor(YOLOV5_ANCHORS, dtype=F64)
+    model = fake_model(anchors, YOLOV5_STRIDES, classes)
+    model.hyp.update(cls=0.5 * classes / 80, obj=(IMAGE / 640) ** 2, anchor_t=3.0)
+    want, _ = compute_loss(model)(preds, yolov5_targets(targets, counts))
+    got = yolo_anchor_loss_reference(
+        preds,
+        targets,
+        counts,
+        anchors,
+        YOLOV5_STRIDES,
+        mode="yolov5",
+        lambda_cls=model.hyp["cls"],
+        lambda_obj=model.hyp["obj"],
+        anchor_t=3.0,
+    )
+    assert_close(got["total"], want[0], rtol=1e-6, atol=1e-9, msg=f"seed={seed}")
