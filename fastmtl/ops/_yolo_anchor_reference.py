@@ -104,37 +104,24 @@ def yolo_anchor_loss_reference(
           ``* 3 / L``): pass those as ``lambda_*`` to reproduce a training run.
     """
     _check(preds, targets, counts, anchors, strides, mode, box_loss, reduction)
-    dt = preds[0].dtype
-    img, cls, box = _valid_targets(targets.to(dt), counts)
-    grid_anchors = [anchors[i].to(dt) / float(s) for i, s in enumerate(strides)]
+    targets, anchors = targets.to(preds[0].dtype), anchors.to(preds[0].dtype)
     if mode == "v3":
-        terms = _v3_terms(
-            preds,
-            img,
-            cls,
-            box,
-            targets.to(dt),
-            counts,
-            anchors.to(dt),
-            strides,
-            grid_anchors,
-            box_loss or "mse",
-            ignore_threshold,
-        )
-        lambdas = {"box": lambda_box, "obj": lambda_obj, "noobj": lambda_noobj, "cls": lambda_cls}
-        weights = {k: 1.0 if v is None else float(v) for k, v in lambdas.items()}
+        terms = _v3_terms(preds, targets, counts, anchors, strides, box_loss or "mse", ignore_threshold)
+        weights = {"box": lambda_box, "obj": lambda_obj, "noobj": lambda_noobj, "cls": lambda_cls}
+        weights = {k: 1.0 if v is None else float(v) for k, v in weights.items()}
         scale = 1.0
     else:
         if lambda_noobj is not None:
             raise ValueError("lambda_noobj: yolov5 mode has no no-object term (obj covers it)")
-        bal = balance if balance is not None else _YOLOV5_BALANCE.get(len(preds), _YOLOV5_BALANCE_OTHER)
-        terms = _yolov5_terms(preds, img, cls, box, grid_anchors, float(anchor_t), bal)
-        given = {"box": lambda_box, "obj": lambda_obj, "cls": lambda_cls}
-        weights = {k: _YOLOV5_LAMBDAS[k] if v is None else float(v) for k, v in given.items()}
+        if balance is None:
+            balance = _YOLOV5_BALANCE.get(len(preds), _YOLOV5_BALANCE_OTHER)
+        terms = _yolov5_terms(preds, targets, counts, anchors, strides, float(anchor_t), balance)
+        weights = {"box": lambda_box, "obj": lambda_obj, "cls": lambda_cls}
+        weights = {k: _YOLOV5_LAMBDAS[k] if v is None else float(v) for k, v in weights.items()}
         weights["noobj"] = 0.0
         scale = float(preds[0].shape[0])  # yolov5 returns its means times the batch size
-    n = preds[0].shape[0]
-    scale = scale / max(n, 1) if reduction == "mean" else scale
+    if reduction == "mean":
+        scale /= max(preds[0].shape[0], 1)
     out = {k: terms[k] * (weights[k] * scale) for k in ("box", "obj", "noobj", "cls")}
     out["total"] = out["box"] + out["obj"] + out["noobj"] + out["cls"]
     return out
@@ -226,6 +213,11 @@ def _cells(p: Tensor) -> Tensor:
     return torch.stack((gi, gj), -1)
 
 
+def _grid_anchors(anchors: Tensor, strides) -> "list[Tensor]":
+    """The priors in cells of each scale: pixels / stride."""
+    return [anchors[i] / float(s) for i, s in enumerate(strides)]
+
+
 def _zero(p: Tensor) -> Tensor:
     return p.new_zeros(())
 
@@ -241,16 +233,19 @@ def _best_anchor(box: Tensor, anchors_px: Tensor, image_wh: Tensor):
     return best // na, best % na
 
 
-def _v3_terms(preds, img, cls, box, targets, counts, anchors_px, strides, grid_anchors, box_loss, thr):
+def _v3_terms(preds, targets, counts, anchors, strides, box_loss, thr):
+    img, cls, box = _valid_targets(targets, counts)
     h0, w0 = preds[0].shape[2:4]
     image_wh = box.new_tensor([w0 * float(strides[0]), h0 * float(strides[0])])
-    best_l, best_a = _best_anchor(box, anchors_px, image_wh)
+    best_l, best_a = _best_anchor(box, anchors, image_wh)
     valid = _valid_mask(counts, targets.shape[1])
+    grid_anchors = _grid_anchors(anchors, strides)
     terms = {k: _zero(preds[0]) for k in ("box", "obj", "noobj", "cls")}
     for level, p in enumerate(preds):
         sel = best_l == level
-        part = _v3_scale(p, img[sel], cls[sel], box[sel], best_a[sel], grid_anchors[level], box_loss)
-        assigned, scale_terms = part
+        assigned, scale_terms = _v3_scale(
+            p, img[sel], cls[sel], box[sel], best_a[sel], grid_anchors[level], box_loss
+        )
         ignored = _v3_ignored(p, targets[..., 1:5], valid, grid_anchors[level], thr)
         noobj = F.binary_cross_entropy_with_logits(p[..., 4], torch.zeros_like(p[..., 4]), reduction="none")
         scale_terms["noobj"] = torch.where(assigned | ignored, torch.zeros_like(noobj), noobj).sum()
@@ -328,23 +323,29 @@ def _mean(x: Tensor) -> Tensor:
     return x.mean() if x.numel() else x.sum()
 
 
-def _yolov5_terms(preds, img, cls, box, grid_anchors, anchor_t, balance):
+def _yolov5_terms(preds, targets, counts, anchors, strides, anchor_t, balance):
+    img, cls, box = _valid_targets(targets, counts)
     terms = {k: _zero(preds[0]) for k in ("box", "obj", "noobj", "cls")}
-    bce = F.binary_cross_entropy_with_logits
-    for level, p in enumerate(preds):
-        n, na, h, w, c = p.shape
-        anchors = grid_anchors[level]
-        b, a, gj, gi, tbox, tcls = _yolov5_candidates(img, cls, box, anchors, h, w, anchor_t)
-        ps = p[b, a, gj, gi]
-        pxy = ps[:, :2].sigmoid() * 2 - 0.5
-        pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anchors[a]
-        ciou = aligned_box_iou(_xyxy(torch.cat((pxy, pwh), 1)), _xyxy(tbox), "ciou", _CIOU_EPS)
-        tobj = torch.zeros(p.shape[:4], dtype=p.dtype, device=p.device)
-        win = _last_wins(_flat_cell(p, b, a, gj, gi), tobj.numel())
-        tobj[b[win], a[win], gj[win], gi[win]] = ciou.detach().clamp(min=0)[win]
-        terms["box"] = terms["box"] + _mean(1 - ciou)
-        terms["obj"] = terms["obj"] + _mean(bce(p[..., 4], tobj, reduction="none")) * balance[level]
-        if c - 5 > 1:
-            onehot = F.one_hot(tcls, c - 5).to(p.dtype)
-            terms["cls"] = terms["cls"] + _mean(bce(ps[:, 5:], onehot, reduction="none"))
+    for level, (p, anc) in enumerate(zip(preds, _grid_anchors(anchors, strides))):
+        scale_terms = _yolov5_scale(p, img, cls, box, anc, anchor_t)
+        scale_terms["obj"] = scale_terms["obj"] * balance[level]
+        terms = {k: terms[k] + scale_terms.get(k, 0.0) for k in terms}
     return terms
+
+
+def _yolov5_scale(p, img, cls, box, anchors, anchor_t):
+    """The box, obj and cls means of one scale, as ComputeLoss.__call__ takes them."""
+    n, na, h, w, c = p.shape
+    b, a, gj, gi, tbox, tcls = _yolov5_candidates(img, cls, box, anchors, h, w, anchor_t)
+    ps = p[b, a, gj, gi]
+    pxy = ps[:, :2].sigmoid() * 2 - 0.5
+    pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anchors[a]
+    ciou = aligned_box_iou(_xyxy(torch.cat((pxy, pwh), 1)), _xyxy(tbox), "ciou", _CIOU_EPS)
+    tobj = torch.zeros(p.shape[:4], dtype=p.dtype, device=p.device)
+    win = _last_wins(_flat_cell(p, b, a, gj, gi), tobj.numel())
+    tobj[b[win], a[win], gj[win], gi[win]] = ciou.detach().clamp(min=0)[win]
+    bce = F.binary_cross_entropy_with_logits
+    out = {"box": _mean(1 - ciou), "obj": _mean(bce(p[..., 4], tobj, reduction="none"))}
+    if c - 5 > 1:  # yolov5 has no class term for a single class
+        out["cls"] = _mean(bce(ps[:, 5:], F.one_hot(tcls, c - 5).to(p.dtype), reduction="none"))
+    return out
