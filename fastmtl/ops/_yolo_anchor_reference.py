@@ -60,8 +60,16 @@ def yolo_anchor_loss_reference(
         anchors: ``Tensor[L, A, 2]`` anchor ``(w, h)`` in input-image pixels (as yolov5's yaml and
             Darknet's cfg give them); ``anchors[l] / strides[l]`` are the priors in grid cells.
         strides: ``L`` numbers, the pixels per cell of each scale (8, 16, 32).
-    Every term is weighted (``lambda_* x`` its sum), and ``total`` is their sum. ``reduction``
-    ``"sum"`` adds over the batch; ``"mean"`` divides that by ``N`` (0 for an empty batch).
+    Options: ``lambda_*`` weigh the terms (None: the mode's defaults); ``ignore_threshold`` is
+    v3's only; ``anchor_t`` and ``balance`` (per-scale objectness weights) are yolov5's only.
+    Every term comes back weighted, ``total`` is their sum, all computed in the dtype of ``preds``.
+    ``reduction`` ``"sum"`` adds over the batch; ``"mean"`` divides that by ``N`` (0 if empty).
+
+    Why v3 is the default: it is the slides' scheme (each gt to the one anchor shape it fits
+    best, one target vector per cell and anchor) and Darknet's, a one-to-one assignment that a
+    fused kernel writes as a scatter. yolov5 differs on purpose (several anchors and up to three
+    cells per gt, ``2 sigmoid - 0.5`` and ``(2 sigmoid)^2`` decoding, CIoU, an IoU objectness
+    target, no ignore rule, means per scale): ask for it with ``mode="yolov5"``.
 
     Mode ``"v3"`` (default; YOLOv2/v3, Darknet's yolo_layer):
         * Units: a gt's pixel size is ``(w W_0 s_0, h H_0 s_0)`` (the image is the first scale's
@@ -72,16 +80,17 @@ def yolo_anchor_loss_reference(
         * Box target, in the cells of its scale: ``tx = cx W - gi`` (in ``[0, 1]``),
           ``tw = log(w W / anchor_w)`` with ``anchor_w = anchors[l, a, 0] / strides[l]``;
           likewise ``y, h``. gt sides must be > 0 (ValueError otherwise).
-        * Two gts on one (image, scale, anchor, cell): the later row of the image wins (as
-          Darknet, where the later truth overwrites the deltas); the other gt is dropped from the
-          box, obj and cls terms (it still counts in the ignore test below).
+        * Two gts on one (image, scale, anchor, cell): the later row of the image wins (Darknet's
+          yolo_layer overwrites the box deltas the same way, though it merges the two classes);
+          the other gt leaves the box, obj and cls terms (it still counts in the ignore test).
         * box ``"mse"`` (default): ``sum (sigmoid(px) - tx)^2 + (sigmoid(py) - ty)^2 + (pw - tw)^2
-          + (ph - th)^2`` over assigned predictions; ``"ciou"``: ``sum 1 - CIoU(decoded, gt)`` with
-          the decoded box ``(gi + sigmoid(px), gj + sigmoid(py), anchor_w exp(pw), anchor_h exp(ph))``
-          in cells; CIoU's alpha is a constant in the gradient (yolov5, torchvision).
+          + (ph - th)^2`` over assigned predictions (without Darknet's ``2 - w h`` scale);
+          ``"ciou"``: ``sum 1 - CIoU(decoded, gt)``, the decoded box in cells being
+          ``(gi + sigmoid(px), gj + sigmoid(py), anchor_w exp(pw), anchor_h exp(ph))``;
+          CIoU's alpha is a constant in the gradient (yolov5, torchvision).
         * obj: ``sum BCE(obj, 1)`` over assigned predictions. noobj: ``sum BCE(obj, 0)`` over the
           others, except those whose decoded box has IoU ``> ignore_threshold`` (strictly) with any
-          valid gt of its image (the mask is a constant: no gradient flows through it).
+          valid gt of its image, at any scale (a constant mask: no gradient flows through it).
         * cls: ``sum_c BCE(class_c, onehot_c)`` over assigned predictions (sigmoid, multi-label;
           also for ``C = 1``). Lambdas default to 1.
     Mode ``"yolov5"``: loss and gradient of yolov5 7.0.14's ``utils.loss.ComputeLoss`` with
@@ -96,9 +105,11 @@ def yolo_anchor_loss_reference(
           column: yolov5 clamps its cell indices in place before it takes the difference).
         * Decoded ``xy = 2 sigmoid - 0.5``, ``wh = (2 sigmoid)^2 anchor``; box term: the mean of
           ``1 - CIoU`` over the scale's candidates (duplicates included), summed over scales.
-        * Objectness target: the detached CIoU clamped at 0 on each candidate's cell (the last
-          candidate in yolov5's order, offset then anchor then gt, wins), 0 elsewhere; the BCE mean
-          over the whole scale times ``balance[l]``. noobj is 0: obj covers every prediction.
+        * Objectness target: the detached CIoU clamped at 0 on each candidate's cell, 0 elsewhere;
+          when candidates share a cell the last in yolov5's order (offset, then anchor, then gt in
+          image-major row order) wins, as yolov5's index_put does on the CPU (on CUDA its pick is
+          unspecified). The BCE mean over the whole scale times ``balance[l]``. noobj is 0: obj
+          covers every prediction. yolov5 adds its terms into float32 buffers: expect ~1e-7.
         * cls: BCE mean over the candidates' ``[k, C]`` one-hot, only when ``C > 1``.
         * yolov5's train.py rescales the gains (``cls *= C / 80``, ``obj *= (img / 640)^2``, both
           ``* 3 / L``): pass those as ``lambda_*`` to reproduce a training run.
