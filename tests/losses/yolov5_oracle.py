@@ -7,12 +7,16 @@ pyyaml, psutil, seaborn). yolov5 imports ``pkg_resources``, gone from setuptools
 missing, a stand-in with the one function yolov5 calls is put in ``sys.modules`` for the import only.
 """
 
+import contextlib
 import importlib.util
 import os
 import sys
 import tempfile
 import types
+import warnings
 
+import matplotlib
+import numpy as np
 import pytest
 import torch
 
@@ -39,27 +43,37 @@ def _pkg_resources_stand_in() -> types.ModuleType:
     return module
 
 
+@contextlib.contextmanager
+def _offline_and_restored():
+    """No DNS look-up (ultralytics checks whether it is online) and no settings in ~/.config;
+    the globals that yolov5 and ultralytics set on import (environment, print options,
+    matplotlib's rc, warning filters, torch.save) restored afterwards. matplotlib stays on Agg."""
+    env, save = dict(os.environ), torch.save
+    with tempfile.TemporaryDirectory() as config, np.printoptions(), matplotlib.rc_context():
+        with warnings.catch_warnings():
+            try:
+                os.environ.update(YOLO_OFFLINE="1", YOLO_CONFIG_DIR=config, YOLOV5_CONFIG_DIR=config)
+                yield
+            finally:
+                os.environ.clear()
+                os.environ.update(env)
+                torch.save = save
+                torch.set_printoptions(profile="default")
+
+
 def import_compute_loss():
     """yolov5's ComputeLoss class, or a pytest skip when yolov5 (or a module it needs) is missing."""
     if importlib.util.find_spec("yolov5") is None:
         pytest.skip("yolov5 is not installed")
-    env, save, with_config = dict(os.environ), torch.save, tempfile.TemporaryDirectory()
     stand_in = importlib.util.find_spec("pkg_resources") is None
-    try:
-        # No DNS look-up (ultralytics checks whether it is online) and no settings in ~/.config.
-        os.environ.update(YOLO_OFFLINE="1", YOLO_CONFIG_DIR=with_config.name)
-        os.environ["YOLOV5_CONFIG_DIR"] = with_config.name
-        if stand_in:
-            sys.modules["pkg_resources"] = _pkg_resources_stand_in()
-        loss = pytest.importorskip("yolov5.utils.loss")
-    finally:
-        if stand_in:
-            sys.modules.pop("pkg_resources", None)
-        os.environ.clear()
-        os.environ.update(env)
-        torch.save = save  # ultralytics wraps it
-        torch.set_printoptions(profile="default")  # both set their own
-        with_config.cleanup()
+    with _offline_and_restored():
+        try:
+            if stand_in:
+                sys.modules["pkg_resources"] = _pkg_resources_stand_in()
+            loss = pytest.importorskip("yolov5.utils.loss")
+        finally:
+            if stand_in:
+                sys.modules.pop("pkg_resources", None)
     return loss.ComputeLoss
 
 
