@@ -1,6 +1,7 @@
 """The anchor-based YOLO loss reference: v3 mode against hand-computed numbers and invariants,
 yolov5 mode against yolov5's own ComputeLoss (skipped when yolov5 is not installed)."""
 
+import itertools
 import math
 
 import pytest
@@ -150,6 +151,80 @@ def test_v3_gradcheck(gen, box_loss):
     else:  # CIoU's alpha is a constant in the gradient: only the rest is the true derivative
         (g,) = torch.autograd.grad(f(p) * 0.7, p)
         assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def _iou(a, b):
+    """IoU of two (cx, cy, w, h) boxes given as Python floats."""
+    iw = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
+    ih = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _v3_owners(preds, gts, anchors, strides):
+    """{(scale, anchor, gj, gi): gt} of one image, later gts overwriting earlier ones."""
+    image = (preds[0].shape[3] * strides[0], preds[0].shape[2] * strides[0])
+    owners = {}
+    for gt in gts:
+        shape = (0.0, 0.0, gt[3] * image[0], gt[4] * image[1])
+        ious = [
+            (_iou(shape, (0.0, 0.0, *anc)), lvl, a)
+            for lvl, row in enumerate(anchors)
+            for a, anc in enumerate(row)
+        ]
+        _, lvl, a = max(ious, key=lambda t: t[0])  # the first of equal IoUs
+        h, w = preds[lvl].shape[2:4]
+        gi, gj = min(max(math.floor(gt[1] * w), 0), w - 1), min(max(math.floor(gt[2] * h), 0), h - 1)
+        owners[(lvl, a, gj, gi)] = gt
+    return owners
+
+
+def v3_by_loops(preds, targets, counts, anchors, strides, thr):
+    """The v3 rules as plain loops over images, predictions and gts (MSE box term, sums)."""
+    sums = dict.fromkeys(("box", "obj", "noobj", "cls"), 0.0)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    for n in range(len(counts)):
+        gts = targets[n, : counts[n]].tolist()
+        owners = _v3_owners(preds, gts, anchors.tolist(), strides)
+        for lvl, p in enumerate(preds):
+            _, na, h, w, _ = p.shape
+            for a, gj, gi in itertools.product(range(na), range(h), range(w)):
+                x = p[n, a, gj, gi].tolist()
+                aw, ah = (v / strides[lvl] for v in anchors[lvl, a].tolist())
+                gt = owners.get((lvl, a, gj, gi))
+                if gt is not None:
+                    want = (
+                        gt[1] * w - gi,
+                        gt[2] * h - gj,
+                        math.log(gt[3] * w / aw),
+                        math.log(gt[4] * h / ah),
+                    )
+                    got = (sig(x[0]), sig(x[1]), x[2], x[3])
+                    sums["box"] += sum((u - v) ** 2 for u, v in zip(got, want))
+                    sums["obj"] += softplus(-x[4])
+                    sums["cls"] += sum(softplus(-v if c == gt[0] else v) for c, v in enumerate(x[5:]))
+                    continue
+                decoded = (gi + sig(x[0]), gj + sig(x[1]), aw * math.exp(x[2]), ah * math.exp(x[3]))
+                boxes = [(g[1] * w, g[2] * h, g[3] * w, g[4] * h) for g in gts]
+                if not any(_iou(decoded, b) > thr for b in boxes):
+                    sums["noobj"] += softplus(x[4])
+    return sums
+
+
+def test_v3_matches_loops_over_boxes(gen, seed):
+    counts = torch.tensor([0, 1, 7])
+    targets = torch.rand(3, 7, 5, generator=gen, dtype=F64)
+    targets[..., 0] = torch.randint(0, 3, (3, 7), generator=gen).to(F64)
+    targets[..., 3:] = 0.05 + 0.9 * targets[..., 3:]
+    targets[2, 1:3, 1:3] = targets[2, 0, 1:3]  # three centres in one cell
+    targets[2, 4] = targets[2, 3]  # the same gt twice
+    targets[0] = targets[1, 1:] = float("nan")  # padding
+    preds = [torch.randn(3, 2, s, s, 8, generator=gen, dtype=F64) for s in (4, 2)]
+    anchors = torch.tensor([[[6.0, 10.0], [12.0, 8.0]], [[20.0, 24.0], [30.0, 14.0]]], dtype=F64)
+    got = yolo_anchor_loss_reference(preds, targets, counts, anchors, (8, 16), ignore_threshold=0.3)
+    want = v3_by_loops(preds, targets, counts, anchors, (8, 16), 0.3)
+    for k, v in want.items():
+        assert got[k].item() == pytest.approx(v, rel=1e-10, abs=1e-12), f"{k}, seed={seed}"
 
 
 def test_bad_arguments_are_named():
