@@ -115,7 +115,8 @@ def yolo_anchor_loss_reference(
           ``* 3 / L``): pass those as ``lambda_*`` to reproduce a training run.
     """
     _check(preds, targets, counts, anchors, strides, mode, box_loss, reduction)
-    targets, anchors = targets.to(preds[0].dtype), anchors.to(preds[0].dtype)
+    like = {"dtype": preds[0].dtype, "device": preds[0].device}
+    targets, anchors, counts = targets.to(**like), anchors.to(**like), counts.to(like["device"])
     if mode == "v3":
         terms = _v3_terms(preds, targets, counts, anchors, strides, box_loss or "mse", ignore_threshold)
         weights = {"box": lambda_box, "obj": lambda_obj, "noobj": lambda_noobj, "cls": lambda_cls}
@@ -169,7 +170,7 @@ def _check(preds, targets, counts, anchors, strides, mode, box_loss, reduction) 
 
 
 def _check_valid_rows(targets, counts, num_classes, mode) -> None:
-    rows = targets[_valid_mask(counts, targets.shape[1])]
+    rows = targets[_valid_mask(counts.to(targets.device), targets.shape[1])]
     cls = rows[:, 0]
     if bool(((cls < 0) | (cls >= num_classes) | (cls != cls.trunc())).any()):
         raise ValueError(f"targets: class must be an integer in [0, C={num_classes})")
