@@ -239,7 +239,7 @@ def _zero(p: Tensor) -> Tensor:
 
 def _best_anchor(box: Tensor, anchors_px: Tensor, image_wh: Tensor):
     """(scale, anchor) of the best anchor shape for each gt; argmax takes the first of ties."""
-    num_scales, na = anchors_px.shape[:2]
+    na = anchors_px.shape[1]
     iou = pairwise_box_iou(_centred(box[:, 2:] * image_wh), _centred(anchors_px.reshape(-1, 2)), "iou", 0.0)
     best = iou.argmax(1)
     return best // na, best % na

@@ -354,3 +354,18 @@ def test_yolov5_mode_with_train_py_gains(compute_loss, gen, seed):
         anchor_t=3.0,
     )
     assert_close(got["total"], want[0], rtol=1e-6, atol=1e-9, msg=f"seed={seed}")
+
+
+def test_yolov5_mode_in_float32(compute_loss, gen, seed):
+    """float32 predictions and targets: the targets are built in float32 on both sides."""
+    from tests.losses.yolov5_oracle import fake_model
+
+    targets, counts = random_targets(gen, (5, 0, 11), 80, borders=True)
+    targets = targets.float()
+    preds = [p.detach().float().requires_grad_() for p in random_preds(gen, 3, 80)]
+    anchors = torch.tensor(YOLOV5_ANCHORS, dtype=torch.float32)
+    want, _ = compute_loss(fake_model(anchors, YOLOV5_STRIDES, 80))(preds, yolov5_targets(targets, counts))
+    got = yolo_anchor_loss_reference(preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5")
+    assert_close(got["total"], want[0], rtol=1e-5, atol=1e-6, msg=f"seed={seed}")
+    for g, r in zip(torch.autograd.grad(got["total"], preds), torch.autograd.grad(want[0], preds)):
+        assert_close(g, r, rtol=1e-4, atol=1e-6 * r.abs().max().item(), msg=f"seed={seed}")
