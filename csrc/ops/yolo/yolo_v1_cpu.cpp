@@ -20,6 +20,11 @@
 namespace fastmtl {
 namespace {
 
+// Prediction values per parallel task, about 100 us of work: below it a thread hand-off costs
+// more than it saves (and far more on a loaded machine), so the paper's batch of 64 x 7 x 7 x 30
+// values runs on one thread.
+constexpr int64_t kValuesPerTask = int64_t(1) << 17;
+
 // Values are readable here: reject what the kernel would otherwise read as a wrong object.
 template <typename T>
 void check_target_values(const T* targets, const int64_t* counts, int64_t n, int64_t max_boxes, int classes) {
@@ -47,7 +52,7 @@ void forward_images(const scalar_t* pred, const at::opmath_type<scalar_t>* targe
                     at::opmath_type<scalar_t>* terms, scalar_t* grad, int8_t* responsible) {
   using T = at::opmath_type<scalar_t>;
   const int64_t cells = int64_t(q.grid_h) * q.grid_w, values = q.values();
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(cells * values, 1));
+  const int64_t grain = std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(cells * values, 1));
   at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
     for (int64_t img = begin; img < end; ++img) {
       const T* t = targets + 5 * img * max_boxes;
@@ -106,13 +111,24 @@ at::Tensor yolo_v1_loss_backward_cpu(const at::Tensor& grad_terms, const at::Ten
     const T* tp = gt.const_data_ptr<T>();
     const int8_t* rp = r.const_data_ptr<int8_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, r.numel(), std::max<int64_t>(1, 2048 / values), [&](int64_t begin, int64_t end) {
+    const int boxes = static_cast<int>(num_boxes);
+    at::parallel_for(0, r.numel(), std::max<int64_t>(1, kValuesPerTask / values), [&](int64_t begin, int64_t end) {
       for (int64_t cell = begin; cell < end; ++cell) {
         const T* scale = tp + yolo::kTerms * (cell / cells_per_image);
-        for (int64_t e = 0; e < values; ++e) {
-          const int64_t at = cell * values + e;
-          op[at] = static_cast<scalar_t>(static_cast<T>(gp[at]) * scale[yolo::term_of(e, int(num_boxes), rp[cell])]);
+        const scalar_t* g = gp + cell * values;
+        scalar_t* o = op + cell * values;
+        // The terms of a cell's values in order (yolo::term_of, unrolled): per box x, y -> coord,
+        // w, h -> size, conf -> obj or noobj; then the classes.
+        for (int b = 0; b < boxes; ++b, g += 5, o += 5) {
+          const T conf = scale[b == rp[cell] ? yolo::kObj : yolo::kNoObj];
+          o[0] = static_cast<scalar_t>(static_cast<T>(g[0]) * scale[yolo::kCoord]);
+          o[1] = static_cast<scalar_t>(static_cast<T>(g[1]) * scale[yolo::kCoord]);
+          o[2] = static_cast<scalar_t>(static_cast<T>(g[2]) * scale[yolo::kSize]);
+          o[3] = static_cast<scalar_t>(static_cast<T>(g[3]) * scale[yolo::kSize]);
+          o[4] = static_cast<scalar_t>(static_cast<T>(g[4]) * conf);
         }
+        for (int64_t c = 5 * int64_t(boxes); c < values; ++c, ++g, ++o)
+          *o = static_cast<scalar_t>(static_cast<T>(*g) * scale[yolo::kClass]);
       }
     });
   });
