@@ -286,3 +286,16 @@ def test_cuda_matches_cpu(dtype, gen):
     rtol = 1e-5 if dtype != torch.float16 else 1e-3
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=rtol, atol=1e-5)
     torch.testing.assert_close(outs[1][1], outs[0][1], rtol=rtol, atol=1e-3)
+
+
+def test_module_form_scripts_and_matches_the_function(gen):
+    from fastmtl.losses import YOLOv1Loss
+
+    pred, targets, counts = yolo_v1_inputs(gen, 3, (7, 7), 2, 4)
+    module = YOLOv1Loss(2, 4, lambda_coord=2.0, wh="signed_sqrt", reduction="mean")
+    want = F.yolo_v1_loss(pred, targets, counts, 2, 4, 2.0, 0.5, "signed_sqrt", "iou", "mean")
+    for m in (module, torch.jit.script(module)):
+        got = m(pred, targets, counts)
+        torch.testing.assert_close(_terms(got), _terms(want), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="Invalid wh"):
+        YOLOv1Loss(wh="root")
