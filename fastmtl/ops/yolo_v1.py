@@ -206,21 +206,9 @@ def _register() -> None:
     lib = "fastmtl::"
 
     @torch.library.register_fake(lib + "yolo_v1_loss")
-    def _(
-        pred,
-        targets,
-        counts,
-        num_boxes,
-        num_classes,
-        lambda_coord,
-        lambda_noobj,
-        wh,
-        conf_target,
-        compute_grad,
-    ):
-        check_op_args(
-            pred, targets, counts, num_boxes, num_classes, lambda_coord, lambda_noobj, wh, conf_target
-        )
+    def _(pred, targets, counts, *options):
+        *options, compute_grad = options
+        check_op_args(pred, targets, counts, *options)
         n, gh, gw, _ = pred.shape
         grad = pred.new_empty(pred.shape) if compute_grad else pred.new_empty((0,))
         terms = pred.new_empty((n, len(TERMS)), dtype=compute_dtype(pred.dtype))
