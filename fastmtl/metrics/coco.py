@@ -1,0 +1,346 @@
+"""COCO box evaluation with the numbers of pycocotools' ``COCOeval`` (``iouType="bbox"``).
+
+The rules are COCO's: detections ranked per image and class by decreasing score (stable: ties
+keep the order given) and cut to the largest ``max_dets``; each is matched greedily, at every
+IoU threshold and area range, to the ground truth it overlaps most among those not yet taken,
+ground truths outside the area range and crowd ones visited last and only when no other
+matches; a detection matched to such a ground truth, or unmatched with its own area outside
+the range, is ignored. Crowd ground truths can be taken many times and their IoU divides by
+the detection's area. Precision is made non-increasing from the right and sampled at 101
+recall points; AP and AR average over the classes that have ground truth. The matching and the
+accumulation run in C++ (``torch.ops.fastmtl.coco_evaluate``, CPU only).
+
+Boxes are COCO's ``(x, y, width, height)``, as in COCO json files and pycocotools; they are
+evaluated in float64 as pycocotools does, so its 12 ``stats`` come out equal (to rounding).
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastmtl._ext import has_compiled_ops
+from fastmtl.ops._checks import InputError
+
+__all__ = [
+    "COCO_AREA_RANGES",
+    "COCO_EVAL_IOU_THRESHOLDS",
+    "COCO_MAX_DETS",
+    "COCO_RECALL_THRESHOLDS",
+    "COCO_STAT_NAMES",
+    "coco_evaluate",
+    "coco_evaluate_json",
+    "coco_evaluate_packed",
+]
+
+
+def _linspace(start: float, stop: float, num: int) -> tuple:
+    # numpy.linspace's arithmetic (k * step + start, the last one exact): pycocotools'
+    # thresholds to the bit (its 0.9 is 0.8999999999999999).
+    step = (stop - start) / (num - 1)
+    return tuple(k * step + start for k in range(num - 1)) + (stop,)
+
+
+COCO_EVAL_IOU_THRESHOLDS = _linspace(0.5, 0.95, 10)
+COCO_RECALL_THRESHOLDS = _linspace(0.0, 1.0, 101)
+COCO_MAX_DETS = (1, 10, 100)
+COCO_AREA_RANGES = {
+    "all": (0.0, 1e10),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e10),
+}
+# COCOeval.stats, in its order.
+COCO_STAT_NAMES = (
+    "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+    "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
+)  # fmt: skip
+
+
+def _field(entry: Mapping, key: str, where: str, required: bool = True) -> Optional[Tensor]:
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"{where} must be a dict of tensors, got {type(entry).__name__}")
+    if key not in entry or entry[key] is None:
+        if required:
+            raise InputError(f"{where} has no {key!r}")
+        return None
+    return torch.as_tensor(entry[key])
+
+
+def _image_rows(entries: Sequence, name: str, keys: tuple) -> list:
+    """Per image, the tensors of ``keys`` (boxes first), their row counts checked."""
+    rows = []
+    for i, entry in enumerate(entries):
+        where = f"{name}[{i}]"
+        boxes = _field(entry, "boxes", where)
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            if boxes.numel() != 0:
+                raise InputError(
+                    f"{where}['boxes'] must have shape [N, 4] (x, y, w, h), got {list(boxes.shape)}"
+                )
+            boxes = boxes.reshape(0, 4)
+        fields = [boxes]
+        for key in keys:
+            t = _field(entry, key, where, required=key not in ("iscrowd", "area"))
+            if t is not None and (t.dim() != 1 or t.shape[0] != boxes.shape[0]):
+                raise InputError(
+                    f"{where}[{key!r}] must have shape [{boxes.shape[0]}] like its boxes, got {list(t.shape)}"
+                )
+            fields.append(t)
+        rows.append(fields)
+    return rows
+
+
+def _convert(t, dtype: torch.dtype, name: str) -> Tensor:
+    """``t`` on the CPU in ``dtype`` (float64 for boxes, scores and areas; int64 for indices)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex() or (dtype == torch.int64 and t.is_floating_point()):
+        raise TypeError(
+            f"{name} must be {'an integer' if dtype == torch.int64 else 'a real'} tensor, got {t.dtype}"
+        )
+    return t.detach().to("cpu", dtype)
+
+
+def _cat(parts: list, dtype: torch.dtype, name: str) -> Tensor:
+    return _convert(torch.cat(parts), dtype, name) if parts else torch.empty(0, dtype=dtype)
+
+
+def _pack(detections: Sequence, ground_truths: Sequence) -> dict:
+    """The per-image dicts as flat rows with an image index."""
+    if len(detections) != len(ground_truths):
+        raise InputError(
+            f"detections and ground_truths must have one entry per image, got {len(detections)} and "
+            f"{len(ground_truths)}"
+        )
+    dets = _image_rows(detections, "detections", ("scores", "labels"))
+    gts = _image_rows(ground_truths, "ground_truths", ("labels", "iscrowd", "area"))
+    images = torch.arange(len(detections))
+    packed = {
+        "det_boxes": _cat([d[0] for d in dets], torch.float64, "detections boxes").reshape(-1, 4),
+        "det_scores": _cat([d[1] for d in dets], torch.float64, "detections scores"),
+        "det_labels": _cat([d[2] for d in dets], torch.int64, "detections labels"),
+        "det_images": images.repeat_interleave(torch.tensor([d[0].shape[0] for d in dets], dtype=torch.long)),
+        "gt_boxes": _cat([g[0] for g in gts], torch.float64, "ground_truths boxes").reshape(-1, 4),
+        "gt_labels": _cat([g[1] for g in gts], torch.int64, "ground_truths labels"),
+        "gt_images": images.repeat_interleave(torch.tensor([g[0].shape[0] for g in gts], dtype=torch.long)),
+    }
+    if any(g[2] is not None for g in gts):
+        packed["gt_iscrowd"] = torch.cat([_crowd(g) for g in gts]) if gts else None
+    if any(g[3] is not None for g in gts):
+        packed["gt_areas"] = torch.cat([_area(g) for g in gts]) if gts else None
+    return packed
+
+
+def _crowd(fields: list) -> Tensor:
+    crowd = fields[2]
+    return torch.zeros(fields[0].shape[0], dtype=torch.bool) if crowd is None else crowd.detach().cpu() != 0
+
+
+def _area(fields: list) -> Tensor:
+    area = fields[3]
+    boxes = fields[0].detach().to("cpu", torch.float64)
+    return boxes[:, 2] * boxes[:, 3] if area is None else area.detach().to("cpu", torch.float64)
+
+
+def coco_evaluate(
+    detections: Sequence,
+    ground_truths: Sequence,
+    *,
+    iou_thresholds: Sequence = COCO_EVAL_IOU_THRESHOLDS,
+    max_dets: Sequence = COCO_MAX_DETS,
+    area_ranges: Mapping = COCO_AREA_RANGES,
+    recall_thresholds: Sequence = COCO_RECALL_THRESHOLDS,
+) -> dict:
+    """COCO mAP@[.5:.95], mAP@0.5 and the rest of ``COCOeval.stats``, per image lists in.
+
+    Args:
+        detections: per image, ``{"boxes": [D, 4], "scores": [D], "labels": [D]}``.
+        ground_truths: per image, ``{"boxes": [G, 4], "labels": [G]}`` and optionally
+            ``"iscrowd": [G]`` (nonzero: a crowd region; default 0) and ``"area": [G]`` (the
+            area that picks the area range, e.g. the mask's; default ``w * h``).
+            Boxes are ``(x, y, w, h)`` (COCO's format), any real dtype (evaluated in float64);
+            labels are integer category ids.
+        iou_thresholds: a detection matches at IoU ``>=`` each (pycocotools' 10 by default).
+        max_dets: detections kept per image and class, non-decreasing (AP uses the last).
+        area_ranges: name -> ``(min, max)`` of areas, both inclusive; ``stats`` reads "all",
+            "small", "medium" and "large".
+        recall_thresholds: recall points precision is sampled at (COCO's 101).
+
+    Returns:
+        A dict: ``"stats"`` (float64 ``[12]``, ``COCOeval.stats``: -1 where undefined), each
+        stat as a float under :data:`COCO_STAT_NAMES`, ``"precision"`` ``[T, R, K, A, M]`` and
+        ``"recall"`` ``[T, K, A, M]`` (``COCOeval.eval``'s arrays, -1 where a class has no
+        ground truth), ``"classes"`` (the K category ids, sorted), ``"ap_per_class"`` (``[K]``,
+        AP@[.5:.95] on all areas at the last ``max_dets``, -1 without ground truth), and the
+        thresholds, area names and max_dets used.
+    """
+    packed = _pack(detections, ground_truths)
+    return coco_evaluate_packed(
+        **packed,
+        num_images=len(detections),
+        iou_thresholds=iou_thresholds,
+        max_dets=max_dets,
+        area_ranges=area_ranges,
+        recall_thresholds=recall_thresholds,
+    )
+
+
+def coco_evaluate_packed(
+    det_boxes: Tensor,
+    det_scores: Tensor,
+    det_labels: Tensor,
+    det_images: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_images: Tensor,
+    gt_iscrowd: Optional[Tensor] = None,
+    gt_areas: Optional[Tensor] = None,
+    *,
+    num_images: Optional[int] = None,
+    iou_thresholds: Sequence = COCO_EVAL_IOU_THRESHOLDS,
+    max_dets: Sequence = COCO_MAX_DETS,
+    area_ranges: Mapping = COCO_AREA_RANGES,
+    recall_thresholds: Sequence = COCO_RECALL_THRESHOLDS,
+) -> dict:
+    """:func:`coco_evaluate` on flat rows: every detection and ground truth with the index of
+    its image (``det_images``, ``gt_images``: int64 in ``[0, num_images)``; ties between
+    images rank the lower index first). ``num_images`` defaults to the largest index + 1.
+    """
+    if not has_compiled_ops():
+        raise RuntimeError(
+            "fastmtl.metrics.coco_evaluate needs the compiled extension (fastmtl._C), which did not "
+            "load; build it with `python setup.py build_ext --inplace` (see README)"
+        )
+    det_boxes = _convert(det_boxes, torch.float64, "det_boxes")
+    gt_boxes = _convert(gt_boxes, torch.float64, "gt_boxes")
+    det_scores = _convert(det_scores, torch.float64, "det_scores")
+    det_labels, det_images = (
+        _convert(det_labels, torch.int64, "det_labels"),
+        _convert(det_images, torch.int64, "det_images"),
+    )
+    gt_labels, gt_images = (
+        _convert(gt_labels, torch.int64, "gt_labels"),
+        _convert(gt_images, torch.int64, "gt_images"),
+    )
+    if gt_iscrowd is None:
+        gt_iscrowd = torch.zeros(gt_labels.shape, dtype=torch.bool)
+    gt_iscrowd = _convert(gt_iscrowd, torch.int64, "gt_iscrowd") != 0
+    if gt_areas is None:  # loadRes's w * h; the C++ check names gt_boxes when it is not [G, 4]
+        gt_areas = (
+            gt_boxes[:, 2] * gt_boxes[:, 3]
+            if gt_boxes.dim() == 2 and gt_boxes.shape[1] == 4
+            else gt_labels.double()
+        )
+    gt_areas = _convert(gt_areas, torch.float64, "gt_areas")
+    classes, labels = torch.unique(
+        torch.cat([gt_labels.reshape(-1), det_labels.reshape(-1)]), return_inverse=True
+    )
+    if num_images is None:
+        images = torch.cat([det_images.reshape(-1), gt_images.reshape(-1), torch.tensor([-1])])
+        num_images = int(images.max()) + 1
+    names = list(area_ranges)
+    ranges = torch.tensor([list(map(float, area_ranges[n])) for n in names], dtype=torch.float64).reshape(
+        -1, 2
+    )
+    iou_t = torch.tensor([float(t) for t in iou_thresholds], dtype=torch.float64)
+    rec_t = torch.tensor([float(r) for r in recall_thresholds], dtype=torch.float64)
+    precision, recall = torch.ops.fastmtl.coco_evaluate(
+        det_boxes, det_scores, labels[gt_labels.numel() :].reshape(det_labels.shape), det_images,
+        gt_boxes, labels[: gt_labels.numel()].reshape(gt_labels.shape), gt_images, gt_iscrowd, gt_areas,
+        iou_t, rec_t, ranges, [int(m) for m in max_dets], num_images, classes.numel(),
+    )  # fmt: skip
+    return _results(precision, recall, classes, iou_t, rec_t, names, tuple(int(m) for m in max_dets))
+
+
+def _mean_valid(s: Tensor) -> float:
+    valid = s[s > -1]
+    return float(valid.mean()) if valid.numel() else -1.0
+
+
+def _stats(precision: Tensor, recall: Tensor, iou_t: Tensor, names: list, max_dets: tuple) -> list:
+    """COCOeval.summarize's 12 numbers; -1 where a threshold, area name or max_dets is missing."""
+
+    def ap(iou=None, area="all", m=max_dets[-1]):
+        if area not in names or m not in max_dets:
+            return -1.0
+        s = precision[..., names.index(area), max_dets.index(m)]
+        return _mean_valid(s if iou is None else s[iou_t == iou])
+
+    def ar(area="all", m=max_dets[-1]):
+        if area not in names or m not in max_dets:
+            return -1.0
+        return _mean_valid(recall[..., names.index(area), max_dets.index(m)])
+
+    ar_dets = [max_dets[min(i, len(max_dets) - 1)] for i in range(3)]
+    return [
+        ap(), ap(0.5), ap(0.75), ap(area="small"), ap(area="medium"), ap(area="large"),
+        *(ar(m=m) for m in ar_dets), ar("small"), ar("medium"), ar("large"),
+    ]  # fmt: skip
+
+
+def _results(precision, recall, classes, iou_t, rec_t, names, max_dets) -> dict:
+    stats = _stats(precision, recall, iou_t, names, max_dets)
+    per_class = torch.full((classes.numel(),), -1.0, dtype=torch.float64)
+    if "all" in names and classes.numel():
+        s = precision[..., names.index("all"), -1]  # [T, R, K]
+        valid = (s > -1).all(0).all(0)
+        per_class[valid] = s[:, :, valid].mean((0, 1))
+    return {
+        "stats": torch.tensor(stats, dtype=torch.float64),
+        **dict(zip(COCO_STAT_NAMES, stats)),
+        "precision": precision,
+        "recall": recall,
+        "classes": classes,
+        "ap_per_class": per_class,
+        "iou_thresholds": iou_t,
+        "recall_thresholds": rec_t,
+        "area_names": tuple(names),
+        "max_dets": max_dets,
+    }
+
+
+def coco_evaluate_json(ground_truth: Mapping, results: Sequence, **options) -> dict:
+    """:func:`coco_evaluate` on COCO json content: a ground-truth dataset dict (``images``,
+    ``annotations``, ``categories``) and a results list (``image_id``, ``category_id``,
+    ``bbox``, ``score``), as ``COCO(...)`` / ``loadRes`` take them. Images are ordered by id as
+    pycocotools orders them; only the dataset's categories are evaluated."""
+    image_ids = sorted({img["id"] for img in ground_truth["images"]})
+    index = {image_id: i for i, image_id in enumerate(image_ids)}
+    cats = {c["id"] for c in ground_truth.get("categories", [])}
+    anns = [a for a in ground_truth["annotations"] if a["category_id"] in cats and a["image_id"] in index]
+    dets = [r for r in results if r["category_id"] in cats]
+    missing = [r["image_id"] for r in dets if r["image_id"] not in index]
+    if missing:
+        raise InputError(f"results name image_id {missing[0]!r}, which is not in the ground truth's images")
+
+    def column(rows, key, dtype):
+        return torch.tensor([r[key] for r in rows], dtype=dtype)
+
+    return coco_evaluate_packed(
+        column(dets, "bbox", torch.float64).reshape(-1, 4),
+        column(dets, "score", torch.float64),
+        column(dets, "category_id", torch.int64),
+        torch.tensor([index[r["image_id"]] for r in dets], dtype=torch.int64),
+        column(anns, "bbox", torch.float64).reshape(-1, 4),
+        column(anns, "category_id", torch.int64),
+        torch.tensor([index[a["image_id"]] for a in anns], dtype=torch.int64),
+        torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool),
+        column(anns, "area", torch.float64),
+        num_images=len(image_ids),
+        **options,
+    )
+
+
+def _register() -> None:
+    @torch.library.register_fake("fastmtl::coco_evaluate")
+    def _(db, ds, dl, di, gb, gl, gi, gc, ga, iou_t, rec_t, ranges, max_dets, num_images, num_classes):
+        t, r, a, m = iou_t.shape[0], rec_t.shape[0], ranges.shape[0], len(max_dets)
+        return db.new_empty((t, r, num_classes, a, m), dtype=torch.float64), db.new_empty(
+            (t, num_classes, a, m), dtype=torch.float64
+        )
+
+
+if has_compiled_ops():
+    _register()
