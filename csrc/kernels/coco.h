@@ -62,10 +62,11 @@ inline void greedy_match(const double* iou, int64_t D, int64_t G, const int64_t*
   }
 }
 
-// Precision of a ranked list after each of its n counted detections, made non-increasing from
-// the right, sampled at recall thresholds thr[0..R) (non-decreasing): out[r * out_stride] is the
-// envelope at the first detection whose recall reaches thr[r], or stays as it is (0) when none
-// does. rc and pr are the recall and precision after each detection; pr is overwritten.
+// Precision made non-increasing from the right and sampled at recall thresholds thr[0..R)
+// (non-decreasing): out[r * out_stride] is the envelope at the first entry whose recall reaches
+// thr[r]; entries no recall reaches are left as they are (0). rc and pr are the recall and
+// precision after each of n entries (the caller passes the true positives only: the samples are
+// the same); pr is overwritten.
 inline void sample_precision(const double* rc, double* pr, int64_t n, const double* thr, int64_t R, double* out,
                              int64_t out_stride) {
   for (int64_t i = n - 1; i > 0; --i) pr[i - 1] = std::max(pr[i - 1], pr[i]);

@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <numeric>
+#include <utility>
 #include <vector>
 
 #include "../../kernels/coco.h"
@@ -68,17 +68,28 @@ void check_values(const Problem& p) {
   check_range(p.gt_images, p.m, p.I, "gt_images", "num_images");
 }
 
-// Indices 0..count sorted by key (class-major), stably; detections also by decreasing score.
+// Indices 0..count sorted by key (class-major), then by decreasing score (detections), then by
+// index: a stable order. Sorting (key, score, index) rows keeps the comparisons in cache.
 std::vector<int64_t> sorted_rows(const int64_t* labels, const int64_t* images, const double* scores, int64_t count,
                                  int64_t I, std::vector<int64_t>& keys) {
+  struct Row {
+    int64_t key;
+    double score;
+    int64_t index;
+  };
+  std::vector<Row> rows(count);
   keys.resize(count);
-  for (int64_t i = 0; i < count; ++i) keys[i] = labels[i] * I + images[i];
-  std::vector<int64_t> order(count);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    if (keys[a] != keys[b]) return keys[a] < keys[b];
-    return scores != nullptr && scores[a] > scores[b];
+  for (int64_t i = 0; i < count; ++i) {
+    keys[i] = labels[i] * I + images[i];
+    rows[i] = {keys[i], scores != nullptr ? scores[i] : 0.0, i};
+  }
+  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+    if (a.key != b.key) return a.key < b.key;
+    if (a.score != b.score) return a.score > b.score;
+    return a.index < b.index;
   });
+  std::vector<int64_t> order(count);
+  for (int64_t i = 0; i < count; ++i) order[i] = rows[i].index;
   return order;
 }
 
@@ -108,11 +119,28 @@ struct MatchScratch {
   std::vector<uint8_t> crowd, ignored, outside, taken;
 };
 
+// Statuses of the detections of a group without ground truth (most groups).
+void unmatched_group(const Problem& p, const Group& grp, const int64_t* det_order, int64_t D, uint8_t* status) {
+  for (int64_t d = 0; d < D; ++d) {
+    const double* db = p.det_boxes + 4 * det_order[grp.d0 + d];
+    const double area = db[2] * db[3];
+    for (int64_t a = 0; a < p.A; ++a) {
+      const bool outside = area < p.ranges[2 * a] || area > p.ranges[2 * a + 1];
+      uint8_t* st = status + ((grp.d0 + d) * p.A + a) * p.T;
+      std::fill(st, st + p.T, outside ? coco::kIgnored : coco::kFalsePositive);
+    }
+  }
+}
+
 // Matches one group at every area range and threshold: status[(pos * A + a) * T + t] for its
 // first keep() detections; npig[a] = its ground truths that count at area range a.
 void match_group(const Problem& p, const Group& grp, const int64_t* det_order, const int64_t* gt_order,
                  uint8_t* status, int64_t* npig, MatchScratch& s) {
   const int64_t D = std::min(grp.d1 - grp.d0, p.keep()), G = grp.g1 - grp.g0;
+  if (G == 0) {  // nothing to match: false positives, or ignored outside the area range
+    unmatched_group(p, grp, det_order, D, status);
+    return;
+  }
   s.iou.resize(D * G);
   s.visit.resize(G);
   s.crowd.resize(G);
@@ -162,37 +190,62 @@ struct Curves {
   }
 };
 
-// Curves of class k at area range a for every maxDets and threshold. `ranked` holds the class's
-// detection positions in pycocotools' order; rank[pos] is the position within its image.
+// A class's detections in pycocotools' order (by decreasing score, ties by image, then by
+// rank in the image): their rank in the image and statuses [n, A, T], gathered contiguously.
+struct RankedClass {
+  std::vector<int64_t> rank;
+  std::vector<uint8_t> status;
+};
+
+RankedClass rank_class(const Problem& p, int64_t pos0, int64_t pos1, const int64_t* det_order, const int64_t* rank,
+                       const uint8_t* status) {
+  std::vector<std::pair<double, int64_t>> by_score;  // (score, position): positions are in image order
+  for (int64_t pos = pos0; pos < pos1; ++pos) {
+    if (rank[pos] < p.keep()) by_score.emplace_back(p.det_scores[det_order[pos]], pos);
+  }
+  std::sort(by_score.begin(), by_score.end(), [](const auto& x, const auto& y) {
+    return x.first != y.first ? x.first > y.first : x.second < y.second;
+  });
+  const int64_t n = by_score.size(), AT = p.A * p.T;
+  RankedClass out{std::vector<int64_t>(n), std::vector<uint8_t>(n * AT)};
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t pos = by_score[i].second;
+    out.rank[i] = rank[pos];
+    std::copy(status + pos * AT, status + (pos + 1) * AT, out.status.data() + i * AT);
+  }
+  return out;
+}
+
+// Curves of class k at area range a for every maxDets and threshold. Only true positives are
+// recorded: recall changes only there, and the precision after a false positive is below the
+// one before it, so the envelope and the recall samples are the same as over every detection
+// (and ignored detections change neither count).
 void accumulate_class(const Problem& p, const Curves& out, int64_t k, int64_t a, int64_t npig,
-                      const std::vector<int64_t>& ranked, const int64_t* rank, const uint8_t* status) {
-  const int64_t n = ranked.size(), T = p.T;
-  std::vector<double> rc(T * n), pr(T * n);
-  std::vector<int64_t> count(T), tp(T), fp(T);
+                      const RankedClass& ranked, std::vector<double>& rc, std::vector<double>& pr) {
+  const int64_t n = ranked.rank.size(), T = p.T, AT = p.A * p.T, cap = std::min(n, npig);
+  rc.resize(T * cap);
+  pr.resize(T * cap);
+  std::vector<int64_t> tp(T), fp(T);
   for (int64_t mi = 0; mi < out.M; ++mi) {
-    std::fill(count.begin(), count.end(), 0);
     std::fill(tp.begin(), tp.end(), 0);
     std::fill(fp.begin(), fp.end(), 0);
-    for (const int64_t pos : ranked) {
-      if (rank[pos] >= p.max_dets[mi]) continue;
-      const uint8_t* st = status + (pos * p.A + a) * T;
+    for (int64_t i = 0; i < n; ++i) {
+      if (ranked.rank[i] >= p.max_dets[mi]) continue;
+      const uint8_t* st = ranked.status.data() + i * AT + a * T;
       for (int64_t t = 0; t < T; ++t) {
-        // Ignored detections leave both counts, so the curve has the same samples without them.
-        if (st[t] == coco::kIgnored) continue;
-        (st[t] == coco::kTruePositive ? tp[t] : fp[t]) += 1;
-        const double tps = double(tp[t]), fps = double(fp[t]);
-        rc[t * n + count[t]] = tps / double(npig);
-        pr[t * n + count[t]] = tps / ((fps + tps) + kEps);
-        ++count[t];
+        if (st[t] == coco::kFalsePositive) ++fp[t];
+        if (st[t] != coco::kTruePositive) continue;
+        const double tps = double(++tp[t]), fps = double(fp[t]);
+        rc[t * cap + tp[t] - 1] = tps / double(npig);
+        pr[t * cap + tp[t] - 1] = tps / ((fps + tps) + kEps);
       }
     }
+    const int64_t stride = p.K * p.A * out.M;
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t c = count[t];
-      out.recall[out.r_index(p, t, k, a, mi)] = c ? rc[t * n + c - 1] : 0.0;
+      out.recall[out.r_index(p, t, k, a, mi)] = double(tp[t]) / double(npig);
       double* q = out.precision + out.p_index(p, t, 0, k, a, mi);
-      const int64_t stride = p.K * p.A * out.M;
       for (int64_t r = 0; r < p.R; ++r) q[r * stride] = 0.0;
-      coco::sample_precision(rc.data() + t * n, pr.data() + t * n, c, p.rec_thr, p.R, q, stride);
+      coco::sample_precision(rc.data() + t * cap, pr.data() + t * cap, tp[t], p.rec_thr, p.R, q, stride);
     }
   }
 }
@@ -248,20 +301,16 @@ void evaluate(const Problem& p, const Curves& out) {
   for (int64_t b = B - 1; b >= 0; --b) first[groups[b].key / p.I] = b;
   for (int64_t k = p.K - 1; k >= 0; --k) first[k] = std::min(first[k], first[k + 1]);
   at::parallel_for(0, p.K, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> rc, pr;
     for (int64_t k = begin; k < end; ++k) {
       const int64_t b0 = first[k], b1 = first[k + 1];
       if (b0 == b1) continue;
-      std::vector<int64_t> ranked;
-      for (int64_t pos = groups[b0].d0; pos < groups[b1 - 1].d1; ++pos) {
-        if (rank[pos] < p.keep()) ranked.push_back(pos);
-      }
-      std::stable_sort(ranked.begin(), ranked.end(), [&](int64_t x, int64_t y) {
-        return p.det_scores[det_order[x]] > p.det_scores[det_order[y]];
-      });
+      const RankedClass ranked = rank_class(p, groups[b0].d0, groups[b1 - 1].d1, det_order.data(), rank.data(),
+                                            status.data());
       for (int64_t a = 0; a < p.A; ++a) {
         int64_t counted = 0;
         for (int64_t b = b0; b < b1; ++b) counted += npig[b * p.A + a];
-        if (counted > 0) accumulate_class(p, out, k, a, counted, ranked, rank.data(), status.data());
+        if (counted > 0) accumulate_class(p, out, k, a, counted, ranked, rc, pr);
       }
     }
   });
