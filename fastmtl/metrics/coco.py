@@ -126,22 +126,24 @@ def _pack(detections: Sequence, ground_truths: Sequence) -> dict:
         "gt_labels": _cat([g[1] for g in gts], torch.int64, "ground_truths labels"),
         "gt_images": images.repeat_interleave(torch.tensor([g[0].shape[0] for g in gts], dtype=torch.long)),
     }
-    if any(g[2] is not None for g in gts):
-        packed["gt_iscrowd"] = torch.cat([_crowd(g) for g in gts]) if gts else None
-    if any(g[3] is not None for g in gts):
-        packed["gt_areas"] = torch.cat([_area(g) for g in gts]) if gts else None
+    packed["gt_iscrowd"] = _optional_column([g[2] for g in gts], [g[0] for g in gts], torch.bool, "iscrowd")
+    packed["gt_areas"] = _optional_column([g[3] for g in gts], [g[0] for g in gts], torch.float64, "area")
     return packed
 
 
-def _crowd(fields: list) -> Tensor:
-    crowd = fields[2]
-    return torch.zeros(fields[0].shape[0], dtype=torch.bool) if crowd is None else crowd.detach().cpu() != 0
-
-
-def _area(fields: list) -> Tensor:
-    area = fields[3]
-    boxes = fields[0].detach().to("cpu", torch.float64)
-    return boxes[:, 2] * boxes[:, 3] if area is None else area.detach().to("cpu", torch.float64)
+def _optional_column(parts: list, boxes: list, dtype: torch.dtype, key: str) -> Optional[Tensor]:
+    """The images' ``key`` tensors concatenated; None when no image gives one (the default then
+    applies to all), else images without one get the default (not crowd; ``w * h``)."""
+    if all(p is None for p in parts):
+        return None
+    if any(p is None for p in parts):
+        default = (
+            (lambda b: torch.zeros(b.shape[0], dtype=dtype))
+            if key == "iscrowd"
+            else (lambda b: b[:, 2] * b[:, 3])
+        )
+        parts = [default(b.detach().cpu().double()) if p is None else p for p, b in zip(parts, boxes)]
+    return _cat(parts, dtype, f"ground_truths {key}")
 
 
 def coco_evaluate(
@@ -226,7 +228,7 @@ def coco_evaluate_packed(
     )
     if gt_iscrowd is None:
         gt_iscrowd = torch.zeros(gt_labels.shape, dtype=torch.bool)
-    gt_iscrowd = _convert(gt_iscrowd, torch.int64, "gt_iscrowd") != 0
+    gt_iscrowd = _convert(gt_iscrowd, torch.bool, "gt_iscrowd")  # nonzero: crowd
     if gt_areas is None:  # loadRes's w * h; the C++ check names gt_boxes when it is not [G, 4]
         gt_areas = (
             gt_boxes[:, 2] * gt_boxes[:, 3]
