@@ -20,7 +20,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastmtl._ext import has_compiled_ops
+from fastmtl._ext import has_compiled_ops, use_compiled
+from fastmtl.metrics._coco_reference import coco_evaluate as _reference
 from fastmtl.ops._checks import InputError
 
 __all__ = [
@@ -210,11 +211,6 @@ def coco_evaluate_packed(
     its image (``det_images``, ``gt_images``: int64 in ``[0, num_images)``; ties between
     images rank the lower index first). ``num_images`` defaults to the largest index + 1.
     """
-    if not has_compiled_ops():
-        raise RuntimeError(
-            "fastmtl.metrics.coco_evaluate needs the compiled extension (fastmtl._C), which did not "
-            "load; build it with `python setup.py build_ext --inplace` (see README)"
-        )
     det_boxes = _convert(det_boxes, torch.float64, "det_boxes")
     gt_boxes = _convert(gt_boxes, torch.float64, "gt_boxes")
     det_scores = _convert(det_scores, torch.float64, "det_scores")
@@ -248,7 +244,8 @@ def coco_evaluate_packed(
     )
     iou_t = torch.tensor([float(t) for t in iou_thresholds], dtype=torch.float64)
     rec_t = torch.tensor([float(r) for r in recall_thresholds], dtype=torch.float64)
-    precision, recall = torch.ops.fastmtl.coco_evaluate(
+    evaluate = torch.ops.fastmtl.coco_evaluate if use_compiled(det_boxes, "coco_evaluate") else _reference
+    precision, recall = evaluate(
         det_boxes, det_scores, labels[gt_labels.numel() :].reshape(det_labels.shape), det_images,
         gt_boxes, labels[: gt_labels.numel()].reshape(gt_labels.shape), gt_images, gt_iscrowd, gt_areas,
         iou_t, rec_t, ranges, [int(m) for m in max_dets], num_images, classes.numel(),
@@ -335,13 +332,63 @@ def coco_evaluate_json(ground_truth: Mapping, results: Sequence, **options) -> d
     )
 
 
+def check_op_args(
+    db, ds, dl, di, gb, gl, gi, gc, ga, iou_t, rec_t, ranges, max_dets, num_images, num_classes
+):
+    """The shape, dtype and size checks of ``torch.ops.fastmtl.coco_evaluate`` (its fake kernel's)."""
+    n, m = _check_rows(db, "det_boxes"), _check_rows(gb, "gt_boxes")
+    for t, name, rows, of, dtype in (
+        (ds, "det_scores", n, "det_boxes", torch.float64), (dl, "det_labels", n, "det_boxes", torch.int64),
+        (di, "det_images", n, "det_boxes", torch.int64), (gl, "gt_labels", m, "gt_boxes", torch.int64),
+        (gi, "gt_images", m, "gt_boxes", torch.int64), (gc, "gt_iscrowd", m, "gt_boxes", torch.bool),
+        (ga, "gt_areas", m, "gt_boxes", torch.float64),
+    ):  # fmt: skip
+        if t.dim() != 1 or t.shape[0] != rows:
+            raise InputError(f"{name} must have shape [{rows}] like {of}, got {list(t.shape)}")
+        _check_dtype(t, name, dtype)
+    for t, name in ((iou_t, "iou_thresholds"), (rec_t, "recall_thresholds")):
+        if t.dim() != 1 or t.shape[0] == 0:
+            raise InputError(f"{name} must have shape [T] with T > 0, got {list(t.shape)}")
+    if ranges.dim() != 2 or ranges.shape[1] != 2 or ranges.shape[0] == 0:
+        raise InputError(f"area_ranges must have shape [A, 2] with A > 0, got {list(ranges.shape)}")
+    for t, name in ((iou_t, "iou_thresholds"), (rec_t, "recall_thresholds"), (ranges, "area_ranges")):
+        _check_dtype(t, name, torch.float64)
+    _check_sizes(iou_t.shape[0] * rec_t.shape[0] * ranges.shape[0], max_dets, num_images, num_classes)
+
+
+def _check_rows(boxes: Tensor, name: str) -> int:
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise InputError(f"{name} must have shape [N, 4] (x, y, w, h), got {list(boxes.shape)}")
+    _check_dtype(boxes, name, torch.float64)
+    return boxes.shape[0]
+
+
+def _check_dtype(t: Tensor, name: str, dtype: torch.dtype) -> None:
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
+
+
+def _check_sizes(cells: int, max_dets, num_images: int, num_classes: int) -> None:
+    if not max_dets:
+        raise InputError("max_dets must not be empty")
+    if any(m <= 0 for m in max_dets) or list(max_dets) != sorted(max_dets):
+        raise InputError(f"max_dets must be positive and non-decreasing, got {list(max_dets)}")
+    if num_images < 0 or num_classes < 0:
+        raise InputError(f"num_images and num_classes must be >= 0, got {num_images} and {num_classes}")
+    if num_images * num_classes >= 2**63:
+        raise InputError(f"num_images * num_classes must fit in 64 bits, got {num_images} and {num_classes}")
+    if cells * num_classes * len(max_dets) > 2**31:
+        raise InputError(f"num_classes = {num_classes}: the precision array is past 2^31 elements")
+
+
 def _register() -> None:
     @torch.library.register_fake("fastmtl::coco_evaluate")
-    def _(db, ds, dl, di, gb, gl, gi, gc, ga, iou_t, rec_t, ranges, max_dets, num_images, num_classes):
+    def _(*args):
+        check_op_args(*args)
+        iou_t, rec_t, ranges, max_dets, num_classes = args[9], args[10], args[11], args[12], args[14]
         t, r, a, m = iou_t.shape[0], rec_t.shape[0], ranges.shape[0], len(max_dets)
-        return db.new_empty((t, r, num_classes, a, m), dtype=torch.float64), db.new_empty(
-            (t, num_classes, a, m), dtype=torch.float64
-        )
+        precision = args[0].new_empty((t, r, num_classes, a, m), dtype=torch.float64)
+        return precision, args[0].new_empty((t, num_classes, a, m), dtype=torch.float64)
 
 
 if has_compiled_ops():

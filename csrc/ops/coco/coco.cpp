@@ -78,11 +78,12 @@ void check_coco_evaluate_args(const at::Tensor& det_boxes, const at::Tensor& det
   // (class, image) keys are class * num_images + image in 64 bits.
   TORCH_CHECK_VALUE(num_images == 0 || num_classes <= std::numeric_limits<int64_t>::max() / num_images,
                     "num_images * num_classes must fit in 64 bits, got ", num_images, " and ", num_classes);
-  // The precision output is [T, R, K, A, M] float64.
+  // The precision output is [T, R, K, A, M] float64: at most 2^31 elements (16 GiB).
   const double cells = double(iou_thresholds.size(0)) * double(recall_thresholds.size(0)) * double(num_classes) *
                        double(area_ranges.size(0)) * double(max_dets.size());
-  TORCH_CHECK_VALUE(cells < double(int64_t(1) << 40), "num_classes = ", num_classes,
-                    ": the precision array of [T, R, K, A, M] = ", cells, " elements is too large");
+  TORCH_CHECK_VALUE(cells <= double(int64_t(1) << 31), "num_classes = ", num_classes,
+                    ": the precision array of iou_thresholds x recall_thresholds x num_classes x area_ranges x "
+                    "max_dets = ", cells, " elements is past 2^31");
 }
 
 }  // namespace fastmtl

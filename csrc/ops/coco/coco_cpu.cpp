@@ -46,8 +46,8 @@ void check_no_nan(const double* v, int64_t count, const char* name) {
 
 void check_range(const int64_t* v, int64_t count, int64_t bound, const char* name, const char* bound_name) {
   for (int64_t i = 0; i < count; ++i) {
-    TORCH_CHECK_VALUE(v[i] >= 0 && v[i] < bound, name, " must be in [0, ", bound_name, " = ", bound,
-                      "), got ", v[i], " at index ", i);
+    TORCH_CHECK_VALUE(v[i] >= 0 && v[i] < bound, name, " has a value outside [0, ", bound_name, " = ", bound,
+                      "): ", v[i], " at index ", i);
   }
 }
 
@@ -60,7 +60,8 @@ void check_values(const Problem& p) {
   check_no_nan(p.rec_thr, p.R, "recall_thresholds");
   check_no_nan(p.ranges, 2 * p.A, "area_ranges");
   for (int64_t r = 1; r < p.R; ++r) {
-    TORCH_CHECK_VALUE(p.rec_thr[r] >= p.rec_thr[r - 1], "recall_thresholds must be non-decreasing");
+    TORCH_CHECK_VALUE(p.rec_thr[r] >= p.rec_thr[r - 1], "recall_thresholds has values out of order at index ", r,
+                      ": they must be non-decreasing");
   }
   check_range(p.det_labels, p.n, p.K, "det_labels", "num_classes");
   check_range(p.gt_labels, p.m, p.K, "gt_labels", "num_classes");
@@ -328,8 +329,14 @@ std::tuple<at::Tensor, at::Tensor> coco_evaluate_cpu(
   const int64_t T = iou_thresholds.size(0), R = recall_thresholds.size(0), A = area_ranges.size(0);
   const int64_t M = max_dets.size();
   const auto options = det_boxes.options().dtype(at::kDouble);
-  at::Tensor precision = at::full({T, R, num_classes, A, M}, -1.0, options);
-  at::Tensor recall = at::full({T, num_classes, A, M}, -1.0, options);
+  at::Tensor precision, recall;
+  try {
+    precision = at::full({T, R, num_classes, A, M}, -1.0, options);
+    recall = at::full({T, num_classes, A, M}, -1.0, options);
+  } catch (const c10::Error& e) {  // name the argument rather than the allocator
+    TORCH_CHECK_VALUE(false, "num_classes = ", num_classes, ": the precision array does not fit in memory (",
+                      e.what_without_backtrace(), ")");
+  }
   const auto c = [](const at::Tensor& t) { return t.contiguous(); };
   const at::Tensor db = c(det_boxes), ds = c(det_scores), dl = c(det_labels), di = c(det_images), gb = c(gt_boxes),
                    gl = c(gt_labels), gi = c(gt_images), gc = c(gt_iscrowd), ga = c(gt_areas), it = c(iou_thresholds),
