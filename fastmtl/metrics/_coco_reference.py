@@ -23,7 +23,9 @@ def _iou(d: list, g: list, crowd: bool) -> float:
     if w <= 0 or h <= 0:
         return 0.0
     inter = w * h
-    return inter / (d[2] * d[3] if crowd else d[2] * d[3] + g[2] * g[3] - inter)
+    union = d[2] * d[3] if crowd else d[2] * d[3] + g[2] * g[3] - inter
+    # IEEE division, as in C++ (an underflowed union of 0 gives inf or NaN, not an exception)
+    return inter / union if union != 0 else float(torch.tensor(inter, dtype=torch.float64) / union)
 
 
 def _match(ious, crowd, ignored, outside, threshold) -> list:
