@@ -7,8 +7,15 @@ ground truths outside the area range and crowd ones visited last and only when n
 matches; a detection matched to such a ground truth, or unmatched with its own area outside
 the range, is ignored. Crowd ground truths can be taken many times and their IoU divides by
 the detection's area. Precision is made non-increasing from the right and sampled at 101
-recall points; AP and AR average over the classes that have ground truth. The matching and the
-accumulation run in C++ (``torch.ops.fastmtl.coco_evaluate``, CPU only).
+recall points; AP and AR average over the classes that have ground truth (the classes are the
+labels found in either input; one without ground truth is -1 and left out, as COCOeval leaves
+out a category without annotations). The matching and the accumulation run in C++
+(``torch.ops.fastmtl.coco_evaluate``: CPU only, inputs on another device are copied; there is
+no CUDA kernel, see csrc/kernels/coco.h); without the extension a plain-Python version runs
+(slow, with a warning).
+
+Not replicated: pycocotools treats a ground truth whose annotation id is 0 as unmatched (its
+ids double as match flags); here every ground truth is a real one.
 
 Boxes are COCO's ``(x, y, width, height)``, as in COCO json files and pycocotools; they are
 evaluated in float64 as pycocotools does, so its 12 ``stats`` come out equal (to rounding).
@@ -17,6 +24,7 @@ evaluated in float64 as pycocotools does, so its 12 ``stats`` come out equal (to
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -232,9 +240,7 @@ def coco_evaluate_packed(
             else gt_labels.double()
         )
     gt_areas = _convert(gt_areas, torch.float64, "gt_areas")
-    classes, labels = torch.unique(
-        torch.cat([gt_labels.reshape(-1), det_labels.reshape(-1)]), return_inverse=True
-    )
+    classes, labels = _class_index(torch.cat([gt_labels.reshape(-1), det_labels.reshape(-1)]))
     if num_images is None:
         images = torch.cat([det_images.reshape(-1), gt_images.reshape(-1), torch.tensor([-1])])
         num_images = int(images.max()) + 1
@@ -253,19 +259,37 @@ def coco_evaluate_packed(
     return _results(precision, recall, classes, iou_t, rec_t, names, tuple(int(m) for m in max_dets))
 
 
-def _mean_valid(s: Tensor) -> float:
+def _class_index(labels: Tensor) -> tuple:
+    """(sorted distinct labels, each label's index among them). A lookup table when the labels
+    span a short range (category ids do): torch.unique's sort is slower, and much slower on a
+    busy machine where its threads wait on each other."""
+    if labels.numel() == 0:
+        return labels, labels
+    low, high = int(labels.min()), int(labels.max())
+    if high - low > 4 * labels.numel() + 4096:
+        return torch.unique(labels, return_inverse=True)
+    present = torch.zeros(high - low + 1, dtype=torch.bool)
+    present[labels - low] = True
+    classes = present.nonzero().reshape(-1) + low
+    return classes, (present.cumsum(0) - 1)[labels - low]
+
+
+def _mean_valid(s: np.ndarray) -> float:
+    """COCOeval.summarize's mean of the defined entries (-1 when none is)."""
     valid = s[s > -1]
-    return float(valid.mean()) if valid.numel() else -1.0
+    return float(np.mean(valid)) if valid.size else -1.0
 
 
-def _stats(precision: Tensor, recall: Tensor, iou_t: Tensor, names: list, max_dets: tuple) -> list:
-    """COCOeval.summarize's 12 numbers; -1 where a threshold, area name or max_dets is missing."""
+def _stats(precision: np.ndarray, recall: np.ndarray, iou_t: list, names: list, max_dets: tuple) -> list:
+    """COCOeval.summarize's 12 numbers; -1 where a threshold, area name or max_dets is missing.
+    In numpy, as COCOeval (the same sums): a dozen small reductions, where torch's intra-op
+    threads cost more than they save."""
 
     def ap(iou=None, area="all", m=max_dets[-1]):
-        if area not in names or m not in max_dets:
+        if area not in names or m not in max_dets or (iou is not None and iou not in iou_t):
             return -1.0
         s = precision[..., names.index(area), max_dets.index(m)]
-        return _mean_valid(s if iou is None else s[iou_t == iou])
+        return _mean_valid(s if iou is None else s[iou_t.index(iou)])
 
     def ar(area="all", m=max_dets[-1]):
         if area not in names or m not in max_dets:
@@ -279,20 +303,25 @@ def _stats(precision: Tensor, recall: Tensor, iou_t: Tensor, names: list, max_de
     ]  # fmt: skip
 
 
-def _results(precision, recall, classes, iou_t, rec_t, names, max_dets) -> dict:
-    stats = _stats(precision, recall, iou_t, names, max_dets)
-    per_class = torch.full((classes.numel(),), -1.0, dtype=torch.float64)
-    if "all" in names and classes.numel():
+def _per_class_ap(precision: np.ndarray, names: list) -> np.ndarray:
+    """AP@[.5:.95] of each class on all areas at the last max_dets; -1 without ground truth."""
+    out = np.full(precision.shape[2], -1.0)
+    if "all" in names:
         s = precision[..., names.index("all"), -1]  # [T, R, K]
-        valid = (s > -1).all(0).all(0)
-        per_class[valid] = s[:, :, valid].mean((0, 1))
+        valid = (s > -1).all(axis=(0, 1))
+        out[valid] = s[:, :, valid].mean(axis=(0, 1))
+    return out
+
+
+def _results(precision, recall, classes, iou_t, rec_t, names, max_dets) -> dict:
+    stats = _stats(precision.numpy(), recall.numpy(), iou_t.tolist(), names, max_dets)
     return {
         "stats": torch.tensor(stats, dtype=torch.float64),
         **dict(zip(COCO_STAT_NAMES, stats)),
         "precision": precision,
         "recall": recall,
         "classes": classes,
-        "ap_per_class": per_class,
+        "ap_per_class": torch.from_numpy(_per_class_ap(precision.numpy(), names)),
         "iou_thresholds": iou_t,
         "recall_thresholds": rec_t,
         "area_names": tuple(names),

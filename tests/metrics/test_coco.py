@@ -347,3 +347,14 @@ def test_plain_python_fallback_equals_the_kernel(gen, monkeypatch):
     got = coco_evaluate(dets, gts, max_dets=(1, 5, 20))
     for key in ("precision", "recall", "stats"):
         assert torch.equal(got[key], want[key]), key
+
+
+def test_category_ids_far_apart_or_negative(gen):
+    # Category ids are any integers: a short range uses a lookup table, a wide one torch.unique.
+    dets, gts = random_images(gen)
+    want = coco_evaluate(dets, gts)
+    for scale, shift in ((10**12, 0), (1, -7)):
+        moved = [[{**e, "labels": e["labels"] * scale + shift} for e in side] for side in (dets, gts)]
+        got = coco_evaluate(*moved)
+        assert torch.equal(got["stats"], want["stats"]) and torch.equal(got["precision"], want["precision"])
+        assert torch.equal(got["classes"], want["classes"] * scale + shift)

@@ -164,6 +164,7 @@ void match_group(const Problem& p, const Group& grp, const int64_t* det_order, c
       if (!s.ignored[g]) s.visit[counted++] = g;
     }
     npig[a] = counted;
+    if (D == 0) continue;  // the ground truths count; nothing to match
     for (int64_t g = 0, k = counted; g < G; ++g) {  // ignored ones last, in their order
       if (s.ignored[g]) s.visit[k++] = g;
     }
