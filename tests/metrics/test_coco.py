@@ -358,3 +358,10 @@ def test_category_ids_far_apart_or_negative(gen):
         got = coco_evaluate(*moved)
         assert torch.equal(got["stats"], want["stats"]) and torch.equal(got["precision"], want["precision"])
         assert torch.equal(got["classes"], want["classes"] * scale + shift)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_inputs_are_evaluated_on_the_cpu(gen):
+    dets, gts = random_images(gen)
+    on_gpu = [[{k: v.cuda() for k, v in e.items()} for e in side] for side in (dets, gts)]
+    assert torch.equal(coco_evaluate(*on_gpu)["stats"], coco_evaluate(dets, gts)["stats"])
