@@ -1,5 +1,5 @@
 // CPU COCO box evaluation. Detections and ground truths are grouped by (class, image) with one
-// stable sort each; the greedy matching of every group runs in parallel (at::parallel_for over
+// sort each (ties by index, so stable); the greedy matching of every group runs in parallel (at::parallel_for over
 // image x class), then the precision/recall curves of every class are accumulated in parallel.
 // The detection order is pycocotools': by decreasing score, ties by image, then by the order
 // given (its stable mergesort of -score over the images concatenated in order).
