@@ -365,3 +365,30 @@ def test_cuda_inputs_are_evaluated_on_the_cpu(gen):
     dets, gts = random_images(gen)
     on_gpu = [[{k: v.cuda() for k, v in e.items()} for e in side] for side in (dets, gts)]
     assert torch.equal(coco_evaluate(*on_gpu)["stats"], coco_evaluate(dets, gts)["stats"])
+
+
+def test_json_route_matches_pycocotools_with_sparse_ids(gen):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dets, gts = random_images(gen, images=10)
+    dataset, results = cases_coco.to_coco_json(dets, gts, 4)
+    ids = torch.randperm(1000, generator=gen)[:10].add(1).tolist()  # shuffled, sparse image ids
+    remap = {i + 1: new for i, new in enumerate(ids)}
+    dataset["images"] = [{"id": remap[img["id"]]} for img in reversed(dataset["images"])]
+    for row in dataset["annotations"] + results:
+        row["image_id"] = remap[row["image_id"]]
+        row["category_id"] = row["category_id"] * 7 + 3
+    dataset["categories"] = [{"id": k * 7 + 3} for k in range(3)]  # the last class is not evaluated
+    if not results:
+        return
+    out = coco_evaluate_json(dataset, results)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = dataset
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    torch.testing.assert_close(out["stats"], torch.tensor(ev.stats, dtype=torch.float64), atol=TOL, rtol=0)
