@@ -119,7 +119,15 @@ setup(
     # 2.8: the Gram kernels' bmm with out_dtype (float32 output from half input on CUDA).
     install_requires=["torch>=2.8", "numpy"],
     extras_require={
-        "test": ["hypothesis", "pytest", "pytest-benchmark", "torchvision"],
+        # pycocotools and faster-coco-eval: the references of fastmtl.metrics.coco_evaluate.
+        "test": [
+            "hypothesis",
+            "pytest",
+            "pytest-benchmark",
+            "torchvision",
+            "pycocotools==2.0.11",
+            "faster-coco-eval==1.8.0",
+        ],
         # The demos: progress bars, plots, PNGs, the sample photos of scikit-image and the
         # handwritten digits of scikit-learn (the composite detection scenes' objects).
         "demo": ["tqdm", "matplotlib", "pillow", "scikit-image", "scikit-learn"],

@@ -39,13 +39,18 @@ def compiled_op_names() -> tuple:
 
 def has_cuda_ops() -> bool:
     """True when the extension was built with CUDA kernels for every op (whether or not a GPU is
-    present)."""
+    present), the CPU-only ones by design (:data:`CPU_ONLY_OPS`) aside."""
     return has_compiled_ops() and _every_op_has_cuda()
+
+
+# Ops with a CPU kernel only, by design: COCO evaluation is a host-side metric (see
+# csrc/kernels/coco.h). has_cuda_ops() leaves them out, or no build would count as a CUDA one.
+CPU_ONLY_OPS = frozenset({"fastmtl::coco_evaluate"})
 
 
 @functools.cache
 def _every_op_has_cuda() -> bool:
-    names = compiled_op_names()
+    names = [n for n in compiled_op_names() if n not in CPU_ONLY_OPS]
     return bool(names) and all(torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA") for n in names)
 
 

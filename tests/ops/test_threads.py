@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import fastmtl.ops as F
+from fastmtl.bench.cases_coco import make_images
+from fastmtl.metrics import coco_evaluate
 from tests.utils import boxes_like_pairs, random_boxes
 
 THREADS = 6
@@ -33,6 +35,7 @@ def _inputs(seed: int) -> dict:
         "grad_align": torch.randn(48, 16, 7, 7, generator=gen),
         "features": torch.randn(2, 32, 48, 48, generator=gen),
         "target_gram": torch.randn(32, 32, generator=gen),
+        "coco": make_images(300, 50, 10, seed=seed),
     }
 
 
@@ -60,6 +63,7 @@ CASES = {
     "roi_pool": lambda t: (F.roi_pool(t["x"], t["rois"], (5, 5), 1.0),),
     "gram_matrix": lambda t: (F.gram_matrix(t["features"]),),
     "style_loss": _style_loss,
+    "coco_evaluate": lambda t: tuple(coco_evaluate(*t["coco"])[k] for k in ("precision", "recall")),
 }
 
 

@@ -25,6 +25,7 @@ import torch
 import torchvision.ops as tv
 
 import fastmtl.ops as F
+from fastmtl.metrics._coco_reference import coco_evaluate as coco_reference
 from fastmtl.ops import _reference as R
 from fastmtl.ops._yolo_v1_reference import yolo_v1_terms
 
@@ -34,7 +35,17 @@ ERRORS = (TypeError, ValueError, RuntimeError, NotImplementedError)
 VALUE_MUTATIONS = {"nan", "huge", "swap", "batch_index", "expand"}
 # Errors of the value checks (CPU only): a meta call may return where these raise (a shorter
 # input batch, say, leaves a roi's batch index out of range).
-VALUE_ERRORS = ("batch ind", "NaN", "infinite", "class ind", "image fractions", "rows of targets", "the size")
+VALUE_ERRORS = (
+    "batch ind",
+    "NaN",
+    "infinite",
+    "class ind",
+    "image fractions",
+    "rows of targets",
+    "the size",
+    "has a value outside",
+    "has values out of order",
+)
 
 
 def _boxes(g, n, *lead):
@@ -424,6 +435,24 @@ def _specs():
         strings=("wh", "conf_target"),
         **yolo_options_kw,
     )
+    # COCO evaluation (fastmtl.metrics.coco_evaluate calls it; the op route only) --------------
+    add(
+        "coco_evaluate",
+        "op",
+        torch.ops.fastmtl.coco_evaluate,
+        _coco_make,
+        coco_reference,
+        tensors=tuple(
+            k for k in _coco_make(torch.Generator()) if k.startswith(("det_", "gt_", "iou_", "rec", "area"))
+        ),
+        ints=("max_dets", "num_images", "num_classes"),
+        related={
+            **{k: COCO_DETS for k in COCO_DETS},
+            **{k: COCO_GTS for k in COCO_GTS},
+            "num_images": ("num_images", "num_classes", "det_images", "gt_images"),
+            "num_classes": ("num_images", "num_classes", "det_labels", "gt_labels"),
+        },
+    )
     return {s.name: s for s in out}
 
 
@@ -432,6 +461,36 @@ def _yolo_v1(g, n=2, grid=3, boxes=2, classes=3, max_boxes=3) -> dict:
     targets = torch.rand(n, max_boxes, 5, generator=g)
     targets[..., 0] = torch.randint(0, classes, (n, max_boxes), generator=g).float()
     return {"pred": pred, "targets": targets, "counts": torch.tensor([max_boxes, 1])[:n]}
+
+
+COCO_DETS = ("det_boxes", "det_scores", "det_labels", "det_images")
+COCO_GTS = ("gt_boxes", "gt_labels", "gt_images", "gt_iscrowd", "gt_areas")
+
+
+def _coco_make(g):
+    """A small COCO evaluation: 3 images, 3 classes, xywh float64 boxes, some detections near
+    ground truths, a crowd one, two IoU thresholds, two area ranges, max_dets (1, 5)."""
+    gt = torch.cat([torch.rand(6, 2, generator=g) * 40, 1 + torch.rand(6, 2, generator=g) * 30], 1).double()
+    src = torch.randint(0, 6, (12,), generator=g)
+    det = (gt[src] + torch.randn(12, 4, generator=g).double() * 3).clamp(min=0)
+    f64 = torch.float64
+    return {
+        "det_boxes": det,
+        "det_scores": (torch.rand(12, generator=g) * 5).floor().double() / 5,
+        "det_labels": torch.randint(0, 3, (12,), generator=g),
+        "det_images": torch.randint(0, 3, (12,), generator=g),
+        "gt_boxes": gt,
+        "gt_labels": torch.randint(0, 3, (6,), generator=g),
+        "gt_images": torch.randint(0, 3, (6,), generator=g),
+        "gt_iscrowd": torch.rand(6, generator=g) < 0.2,
+        "gt_areas": gt[:, 2] * gt[:, 3],
+        "iou_thresholds": torch.tensor([0.5, 0.75], dtype=f64),
+        "recall_thresholds": torch.linspace(0, 1, 11, dtype=f64),
+        "area_ranges": torch.tensor([[0.0, 1e10], [0.0, 400.0]], dtype=f64),
+        "max_dets": (1, 5),
+        "num_images": 3,
+        "num_classes": 3,
+    }
 
 
 SPECS = _specs()
@@ -443,6 +502,7 @@ GROUPS = {
     "roi": [n for n in SPECS if n.startswith("roi_")],
     "gram": [n for n in SPECS if n.startswith(("gram", "style", "content"))],
     "yolo": [n for n in SPECS if n.startswith("yolo")],
+    "coco": [n for n in SPECS if n.startswith("coco")],
 }
 assert sorted(sum(GROUPS.values(), [])) == sorted(SPECS)
 

@@ -16,6 +16,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/SymInt.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/string_view.h>
 
 #include <cstdint>
@@ -123,6 +124,24 @@ inline std::tuple<at::Tensor, at::Tensor> style_loss(const at::Tensor& features,
   static const auto op =
       detail::op<Out(const at::Tensor&, const at::Tensor&, c10::string_view)>("fastmtl::style_loss");
   return op.call(features, target_gram, normalization);
+}
+
+// COCO box evaluation (pycocotools' COCOeval rules, CPU only): detections and ground truths as
+// rows, boxes (x, y, w, h) float64, labels in [0, num_classes) and images in [0, num_images)
+// int64, gt_iscrowd bool -> (precision [T, R, K, A, M], recall [T, K, A, M]), float64, -1 where
+// a class has no ground truth. fastmtl.metrics.coco_evaluate builds these rows and the stats.
+inline std::tuple<at::Tensor, at::Tensor> coco_evaluate(
+    const at::Tensor& det_boxes, const at::Tensor& det_scores, const at::Tensor& det_labels,
+    const at::Tensor& det_images, const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_images,
+    const at::Tensor& gt_iscrowd, const at::Tensor& gt_areas, const at::Tensor& iou_thresholds,
+    const at::Tensor& recall_thresholds, const at::Tensor& area_ranges, c10::IntArrayRef max_dets,
+    int64_t num_images, int64_t num_classes) {
+  using T = const at::Tensor&;
+  using Out = std::tuple<at::Tensor, at::Tensor>;
+  static const auto op =
+      detail::op<Out(T, T, T, T, T, T, T, T, T, T, T, T, c10::IntArrayRef, int64_t, int64_t)>("fastmtl::coco_evaluate");
+  return op.call(det_boxes, det_scores, det_labels, det_images, gt_boxes, gt_labels, gt_images, gt_iscrowd, gt_areas,
+                 iou_thresholds, recall_thresholds, area_ranges, max_dets, num_images, num_classes);
 }
 
 }  // namespace ops
