@@ -369,3 +369,27 @@ def test_yolov5_mode_in_float32(compute_loss, gen, seed):
     assert_close(got["total"], want[0], rtol=1e-5, atol=1e-6, msg=f"seed={seed}")
     for g, r in zip(torch.autograd.grad(got["total"], preds), torch.autograd.grad(want[0], preds)):
         assert_close(g, r, rtol=1e-4, atol=1e-6 * r.abs().max().item(), msg=f"seed={seed}")
+
+
+def test_module_form_equals_the_function():
+    from fastmtl.losses import YOLOAnchorLoss, yolo_anchor_loss
+    from fastmtl.ops._yolo_anchor_reference import YOLOV5_ANCHORS, YOLOV5_STRIDES
+
+    g = torch.Generator().manual_seed(0)
+    preds = [torch.randn(2, 3, s, s, 5 + 4, generator=g, dtype=torch.float64) for s in (16, 8, 4)]
+    targets = torch.rand(2, 3, 5, generator=g, dtype=torch.float64) * 0.5 + 0.25
+    targets[..., 0] = torch.tensor([[0.0, 1.0, 3.0], [2.0, 2.0, 0.0]])
+    counts = torch.tensor([3, 1])
+    module = YOLOAnchorLoss(ignore_threshold=0.7, lambda_box=2.0)
+    want = yolo_anchor_loss(
+        preds,
+        targets,
+        counts,
+        torch.tensor(YOLOV5_ANCHORS).double(),
+        YOLOV5_STRIDES,
+        ignore_threshold=0.7,
+        lambda_box=2.0,
+    )
+    got = module(preds, targets, counts)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
