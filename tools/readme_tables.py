@@ -86,6 +86,17 @@ def style_row(r: dict) -> tuple:
     return f"{side}×{side}", batch
 
 
+def yolo_row(r: dict) -> tuple:
+    """batch, grid, boxes, classes: ``N64-S7-B2-C20`` -> ``64``, ``7×7``, ``2``, ``20``."""
+    n, side, b, c = re.fullmatch(r"N(\d+)-S(\d+)-B(\d+)-C(\d+)", r["size"]).groups()
+    return n, f"{side}×{side}", b, c
+
+
+def coco_row(r: dict) -> tuple:
+    """images, detections per image, classes: ``5000img-100det-80cls`` -> ``5000``, ``100``, ``80``."""
+    return re.fullmatch(r"(\d+)img-(\d+)det-(\d+)cls", r["size"]).groups()
+
+
 @dataclass(frozen=True)
 class Table:
     """A Markdown table of ``ops``' rows in ``results``, with a line naming the run above it.
