@@ -1,14 +1,15 @@
-"""YOLO losses as modules: the fused YOLOv1 loss (:func:`fastmtl.ops.yolo_v1_loss`) and the
-anchor-based YOLOv2/v3 loss with its yolov5-equal mode (:func:`yolo_anchor_loss`: plain PyTorch
-for now, vectorized; its fused kernel is not written yet)."""
+"""YOLO losses: the fused YOLOv1 loss as a module (:func:`fastmtl.ops.yolo_v1_loss`) and the
+anchor-based YOLOv2/v3 loss with its yolov5-equal mode (:func:`yolo_anchor_loss`), fused for the
+YOLOv3 rules with the "mse" box term, plain PyTorch otherwise."""
 
 import torch
 from torch import Tensor, nn
 
+from fastmtl._ext import use_compiled
 from fastmtl.ops import yolo_v1 as F
 from fastmtl.ops._checks import check_choice, check_reduction
-from fastmtl.ops._yolo_anchor_reference import YOLOV5_ANCHORS, YOLOV5_STRIDES
-from fastmtl.ops._yolo_anchor_reference import yolo_anchor_loss_reference as yolo_anchor_loss
+from fastmtl.ops._yolo_anchor_reference import YOLOV5_ANCHORS, YOLOV5_STRIDES, yolo_anchor_loss_reference
+from fastmtl.ops.yolo_v3 import TERMS, yolo_v3_terms
 
 __all__ = ["YOLOV5_ANCHORS", "YOLOV5_STRIDES", "YOLOAnchorLoss", "YOLOv1Loss", "yolo_anchor_loss"]
 
@@ -59,6 +60,54 @@ class YOLOv1Loss(nn.Module):
             f"lambda_noobj={self.lambda_noobj}, wh={self.wh!r}, conf_target={self.conf_target!r}, "
             f"reduction={self.reduction!r}"
         )
+
+
+def yolo_anchor_loss(
+    preds: "list[Tensor]",
+    targets: Tensor,
+    counts: Tensor,
+    anchors,
+    strides,
+    *,
+    mode: str = "v3",
+    box_loss: "str | None" = None,
+    ignore_threshold: float = 0.5,
+    lambda_box: "float | None" = None,
+    lambda_obj: "float | None" = None,
+    lambda_noobj: "float | None" = None,
+    lambda_cls: "float | None" = None,
+    reduction: str = "sum",
+    **yolov5_options,
+) -> "dict[str, Tensor]":
+    """Anchor-based YOLO loss: ``{"total", "box", "obj", "noobj", "cls"}``.
+
+    The arguments and every rule are those of
+    :func:`fastmtl.ops._yolo_anchor_reference.yolo_anchor_loss_reference` (``anchors [L, A, 2]``
+    in pixels, ``strides`` per scale; ``anchor_t`` and ``balance`` for ``mode="yolov5"``).
+    ``mode="v3"`` with the ``"mse"`` box term runs the fused kernel (CPU and CUDA, one pass for
+    the terms and the gradient); the other modes run the plain-PyTorch reference. Results are
+    float32 for half predictions on the fused path.
+    """
+    fused = mode == "v3" and box_loss in (None, "mse") and not yolov5_options and preds
+    if not (fused and use_compiled(preds[0], "yolo_v3_loss")):
+        return yolo_anchor_loss_reference(
+            preds, targets, counts, torch.as_tensor(anchors), strides, mode=mode, box_loss=box_loss,
+            ignore_threshold=ignore_threshold, lambda_box=lambda_box, lambda_obj=lambda_obj,
+            lambda_noobj=lambda_noobj, lambda_cls=lambda_cls, reduction=reduction, **yolov5_options,
+        )  # fmt: skip
+    check_reduction(reduction)
+    if reduction == "none":
+        raise ValueError("Invalid value for reduction: expected 'mean' or 'sum'")
+    anchors = torch.as_tensor(anchors, device=preds[0].device)
+    terms = yolo_v3_terms(preds, targets, counts, anchors, strides, ignore_threshold).sum(0)
+    if reduction == "mean":
+        terms = terms / max(preds[0].shape[0], 1)
+    weights = (lambda_box, lambda_obj, lambda_noobj, lambda_cls)
+    out = {
+        name: terms[k] * (1.0 if w is None else float(w)) for k, (name, w) in enumerate(zip(TERMS, weights))
+    }
+    out["total"] = out["box"] + out["obj"] + out["noobj"] + out["cls"]
+    return out
 
 
 class YOLOAnchorLoss(nn.Module):

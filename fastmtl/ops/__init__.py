@@ -2,6 +2,7 @@
 
 import torch
 
+from fastmtl.ops import yolo_v3 as _yolo_v3  # noqa: F401  (registers the fused anchor loss)
 from fastmtl.ops.box_iou import (
     aligned_box_iou,
     box_iou,

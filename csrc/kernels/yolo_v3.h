@@ -1,0 +1,193 @@
+#pragma once
+// Torch-free math of the fused anchor-based YOLO loss (YOLOv2/v3 rules, box term "mse"), shared
+// by the CPU and CUDA kernels. The rules are those of fastmtl/ops/_yolo_anchor_reference.py
+// (mode "v3"), which the tests hold the kernels to:
+//
+// preds[l][n, a, j, i, :] = (x, y, w, h, obj, class_0 .. class_{C-1}) logits of anchor a at cell
+// (row j, column i) of scale l; targets[n, k] = (class, cx, cy, w, h) image fractions, the first
+// counts[n] real. Each real target goes to the anchor, over all scales, whose shape fits it best
+// (IoU of the two shapes, centred; ties: the lowest scale, then anchor), in the cell
+// clamp(floor(c * size), 0, size - 1) of that scale; when several land on one (anchor, cell),
+// the last in target order wins. An assigned prediction pays
+//   box = (sig(x) - tx)^2 + (sig(y) - ty)^2 + (w - tw)^2 + (h - th)^2,
+//         tx = cx W - i, tw = log(w W / prior_w)   (prior = anchor pixels / stride)
+//   obj = BCE(obj, 1),   cls = sum_c BCE(class_c, [c == class]);
+// any other pays noobj = BCE(obj, 0), unless its decoded box (i + sig(x), j + sig(y),
+// prior_w exp(w), prior_h exp(h)) overlaps a real target of its image with IoU > ignore_threshold.
+// Each prediction value feeds one term (box; obj or noobj; cls), so the backward scales the
+// saved gradient by the incoming gradient of that term.
+
+#include <cmath>
+#include <cstdint>
+
+#include "hd.h"
+
+namespace fastmtl {
+namespace yolo3 {
+
+using std::exp;
+using std::floor;
+using std::log;
+
+enum Term : int { kBox = 0, kObj = 1, kNoObj = 2, kCls = 3, kTerms = 4 };
+
+constexpr int kMaxLevels = 8;  // scales of one loss (YOLOv3 has 3, yolov5's P3-P7 5)
+
+// Where a target goes: scale, anchor and cell; level < 0 for none.
+struct GtCell {
+  int level, anchor, gi, gj;
+};
+
+// The shapes of the scales: grids, anchors in pixels [L, A, 2] and strides.
+template <typename T>
+struct Scales {
+  int levels, anchors;
+  int grid_h[kMaxLevels], grid_w[kMaxLevels];
+  T stride[kMaxLevels];
+  const T* anchor_px;  // [levels * anchors * 2]
+};
+
+template <typename T>
+FASTMTL_HD T lesser(T a, T b) { return b < a ? b : a; }
+template <typename T>
+FASTMTL_HD T greater(T a, T b) { return b > a ? b : a; }
+
+// floor(v) clamped into [0, size - 1] (v = c * size).
+template <typename T>
+FASTMTL_HD int clamp_cell(T v, int size) {
+  const T c = floor(v);
+  return !(c > T(0)) ? 0 : (c >= static_cast<T>(size - 1) ? size - 1 : static_cast<int>(c));
+}
+
+// The IoU of two shapes centred on one point, as the IoU of (-w/2, -h/2, w/2, h/2) boxes.
+template <typename T>
+FASTMTL_HD T shape_iou(T w1, T h1, T w2, T h2) {
+  const T inter = lesser(w1, w2) * lesser(h1, h2);
+  return inter / (w1 * h1 + w2 * h2 - inter);
+}
+
+// The scale, anchor and cell of target t = (class, cx, cy, w, h).
+template <typename T>
+FASTMTL_HD GtCell assign(const T* t, const Scales<T>& s) {
+  // the image in pixels: the first scale's grid times its stride
+  const T gw = t[3] * (static_cast<T>(s.grid_w[0]) * s.stride[0]);
+  const T gh = t[4] * (static_cast<T>(s.grid_h[0]) * s.stride[0]);
+  GtCell best{-1, 0, 0, 0};
+  T best_iou = T(0);
+  for (int l = 0; l < s.levels; ++l) {
+    for (int a = 0; a < s.anchors; ++a) {
+      const T* p = s.anchor_px + 2 * (l * s.anchors + a);
+      const T iou = shape_iou(gw, gh, p[0], p[1]);
+      if (best.level < 0 || iou > best_iou) {
+        best_iou = iou;
+        best.level = l;
+        best.anchor = a;
+      }
+    }
+  }
+  best.gi = clamp_cell(t[1] * static_cast<T>(s.grid_w[best.level]), s.grid_w[best.level]);
+  best.gj = clamp_cell(t[2] * static_cast<T>(s.grid_h[best.level]), s.grid_h[best.level]);
+  return best;
+}
+
+template <typename T>
+FASTMTL_HD T sigmoid(T x) { return T(1) / (T(1) + exp(-x)); }
+
+// BCE with logits, as torch computes it: (1 - t) x + m + log(exp(-m) + exp(-x - m)), m = max(-x, 0).
+template <typename T>
+FASTMTL_HD T bce(T x, T t) {
+  const T m = greater(-x, T(0));
+  return (T(1) - t) * x + m + log(exp(-m) + exp(-x - m));
+}
+
+// IoU of two (x1, y1, x2, y2) boxes, as the reference's pairwise IoU (no epsilon).
+template <typename T>
+FASTMTL_HD T box_iou(T ax1, T ay1, T ax2, T ay2, T bx1, T by1, T bx2, T by2) {
+  const T iw = greater(lesser(ax2, bx2) - greater(ax1, bx1), T(0));
+  const T ih = greater(lesser(ay2, by2) - greater(ay1, by1), T(0));
+  const T inter = iw * ih;
+  return inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter);
+}
+
+// One scale's view of a prediction: where it is and its prior, in cells of its scale.
+template <typename T>
+struct Slot {
+  int level, anchor, gi, gj, grid_w, grid_h;
+  T prior_w, prior_h;
+};
+
+// The slot of prediction (anchor a, row j, column i) of scale l.
+template <typename T>
+FASTMTL_HD Slot<T> slot_of(const Scales<T>& s, int l, int a, int j, int i) {
+  const T* px = s.anchor_px + 2 * (l * s.anchors + a);
+  return {l, a, i, j, s.grid_w[l], s.grid_h[l], px[0] / s.stride[l], px[1] / s.stride[l]};
+}
+
+// Whether the decoded box of prediction p overlaps a real target (rows of 5) with IoU > thr.
+template <typename T, typename S>
+FASTMTL_HD bool ignored(const S* p, const Slot<T>& q, const T* targets, int64_t count, T thr) {
+  const T cx = static_cast<T>(q.gi) + sigmoid(static_cast<T>(p[0]));
+  const T cy = static_cast<T>(q.gj) + sigmoid(static_cast<T>(p[1]));
+  const T w = q.prior_w * exp(static_cast<T>(p[2])), h = q.prior_h * exp(static_cast<T>(p[3]));
+  const T x1 = cx - w / T(2), y1 = cy - h / T(2), x2 = cx + w / T(2), y2 = cy + h / T(2);
+  const T sw = static_cast<T>(q.grid_w), sh = static_cast<T>(q.grid_h);
+  for (int64_t k = 0; k < count; ++k) {
+    const T* t = targets + 5 * k;
+    const T gx = t[1] * sw, gy = t[2] * sh, gw = t[3] * sw, gh = t[4] * sh;
+    if (box_iou(x1, y1, x2, y2, gx - gw / T(2), gy - gh / T(2), gx + gw / T(2), gy + gh / T(2)) > thr) return true;
+  }
+  return false;
+}
+
+// The terms of prediction p (5 + classes values), added to terms[kTerms], and their gradient
+// written to grad (when not null). owner: its target row, or null. Returns whether it is assigned.
+template <typename T, typename S>
+FASTMTL_HD bool prediction_loss(const S* p, int classes, const Slot<T>& q, const T* owner, bool skip_noobj,
+                                T* terms, S* grad) {
+  const T obj = static_cast<T>(p[4]);
+  if (!owner) {
+    if (!skip_noobj) terms[kNoObj] += bce(obj, T(0));
+    if (grad) {
+      for (int k = 0; k < 4; ++k) grad[k] = S(0);
+      grad[4] = skip_noobj ? S(0) : static_cast<S>(sigmoid(obj));
+      for (int c = 0; c < classes; ++c) grad[5 + c] = S(0);
+    }
+    return false;
+  }
+  const T sw = static_cast<T>(q.grid_w), sh = static_cast<T>(q.grid_h);
+  const T target[4] = {owner[1] * sw - static_cast<T>(q.gi), owner[2] * sh - static_cast<T>(q.gj),
+                       log(owner[3] * sw / q.prior_w), log(owner[4] * sh / q.prior_h)};
+  for (int k = 0; k < 4; ++k) {
+    const T v = static_cast<T>(p[k]);
+    const T s = k < 2 ? sigmoid(v) : v;
+    const T d = s - target[k];
+    terms[kBox] += d * d;
+    if (grad) grad[k] = static_cast<S>(T(2) * d * (k < 2 ? s * (T(1) - s) : T(1)));
+  }
+  terms[kObj] += bce(obj, T(1));
+  if (grad) grad[4] = static_cast<S>(sigmoid(obj) - T(1));
+  const int label = static_cast<int>(owner[0]);
+  for (int c = 0; c < classes; ++c) {
+    const T x = static_cast<T>(p[5 + c]), t = c == label ? T(1) : T(0);
+    terms[kCls] += bce(x, t);
+    if (grad) grad[5 + c] = static_cast<S>(sigmoid(x) - t);
+  }
+  return true;
+}
+
+// The last real target assigned to slot q, or -1.
+FASTMTL_HD int64_t slot_owner(const GtCell* cells, int64_t count, int level, int anchor, int gi, int gj) {
+  for (int64_t k = count - 1; k >= 0; --k) {
+    const GtCell& c = cells[k];
+    if (c.level == level && c.anchor == anchor && c.gi == gi && c.gj == gj) return k;
+  }
+  return -1;
+}
+
+// The term that value e (0 .. 4 + classes) of a prediction feeds.
+FASTMTL_HD int term_of(int64_t e, bool assigned) {
+  return e < 4 ? kBox : (e == 4 ? (assigned ? kObj : kNoObj) : kCls);
+}
+
+}  // namespace yolo3
+}  // namespace fastmtl

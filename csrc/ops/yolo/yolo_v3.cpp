@@ -1,0 +1,95 @@
+// Schemas and argument checks of the fused anchor-based YOLO loss.
+#include "yolo_v3.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "../checks.h"
+
+namespace fastmtl {
+
+yolo3::Scales<double> check_yolo_v3_args(at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts,
+                                         const at::Tensor& anchors, at::ArrayRef<double> strides,
+                                         double ignore_threshold) {
+  const int64_t levels = static_cast<int64_t>(preds.size());
+  TORCH_CHECK_VALUE(levels >= 1 && levels <= yolo3::kMaxLevels, "preds must hold 1 to ", yolo3::kMaxLevels,
+                    " scales, got ", levels);
+  const at::Tensor& p0 = preds[0];
+  TORCH_CHECK(p0.dim() == 5 && p0.size(4) >= 5, "preds[0] must have shape [N, A, H, W, 5 + C], got ", p0.sizes());
+  check_kernel_float(p0, "preds[0]");
+  yolo3::Scales<double> s{static_cast<int>(levels), static_cast<int>(p0.size(1)), {}, {}, {}, nullptr};
+  TORCH_CHECK_VALUE(p0.size(1) >= 1 && p0.size(1) < 1024, "preds: 1 to 1023 anchors per scale, got ", p0.size(1));
+  for (int64_t l = 0; l < levels; ++l) {
+    const at::Tensor& p = preds[l];
+    TORCH_CHECK(p.dim() == 5 && p.size(0) == p0.size(0) && p.size(1) == p0.size(1) && p.size(4) == p0.size(4),
+                "preds[", l, "] must have shape [", p0.size(0), ", ", p0.size(1), ", H, W, ", p0.size(4),
+                "] like preds[0], got ", p.sizes());
+    TORCH_CHECK(p.scalar_type() == p0.scalar_type() && p.device() == p0.device(), "preds[", l,
+                "] must have the dtype and device of preds[0], got ", p.scalar_type(), " on ", p.device());
+    TORCH_CHECK_VALUE(p.size(2) < (int64_t(1) << 30) && p.size(3) < (int64_t(1) << 30), "preds[", l,
+                      "]: a grid of ", p.size(2), " x ", p.size(3), " is too large: sides below 2^30");
+    s.grid_h[l] = static_cast<int>(p.size(2));
+    s.grid_w[l] = static_cast<int>(p.size(3));
+  }
+  const int64_t n = p0.size(0);
+  TORCH_CHECK(targets.dim() == 3 && targets.size(0) == n && targets.size(2) == 5, "targets must have shape [", n,
+              ", max_boxes, 5] (class, cx, cy, w, h), got ", targets.sizes());
+  TORCH_CHECK(at::isFloatingType(targets.scalar_type()), "targets must be a floating-point tensor, got ",
+              targets.scalar_type());
+  TORCH_CHECK(counts.dim() == 1 && counts.size(0) == n, "counts must have shape [", n, "], got ", counts.sizes());
+  TORCH_CHECK(counts.scalar_type() == at::kLong || counts.scalar_type() == at::kInt,
+              "counts must be int64 or int32, got ", counts.scalar_type());
+  TORCH_CHECK(anchors.dim() == 3 && anchors.size(0) == levels && anchors.size(1) == p0.size(1) && anchors.size(2) == 2,
+              "anchors must have shape [", levels, ", ", p0.size(1), ", 2], got ", anchors.sizes());
+  TORCH_CHECK(at::isFloatingType(anchors.scalar_type()), "anchors must be a floating-point tensor, got ",
+              anchors.scalar_type());
+  TORCH_CHECK(targets.device() == p0.device() && counts.device() == p0.device() && anchors.device() == p0.device(),
+              "targets, counts and anchors must be on the device of preds, got ", targets.device(), ", ",
+              counts.device(), ", ", anchors.device(), " and ", p0.device());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(strides.size()) == levels, "strides must have ", levels,
+                    " entries (one per scale), got ", strides.size());
+  for (int64_t l = 0; l < levels; ++l) {
+    TORCH_CHECK_VALUE(std::isfinite(strides[l]) && strides[l] > 0, "strides[", l, "] must be finite and > 0, got ",
+                      strides[l]);
+    s.stride[l] = strides[l];
+  }
+  TORCH_CHECK_VALUE(!std::isnan(ignore_threshold), "ignore_threshold must not be NaN");
+  return s;
+}
+
+void check_yolo_v3_grad(const at::Tensor& grad_terms, at::TensorList grads, at::TensorList assigned) {
+  TORCH_CHECK(!grads.empty() && grads.size() == assigned.size(), "grads and assigned must hold one tensor per scale, got ",
+              grads.size(), " and ", assigned.size());
+  const int64_t n = grads[0].dim() == 5 ? grads[0].size(0) : -1;
+  TORCH_CHECK(grad_terms.dim() == 2 && grad_terms.size(0) == n && grad_terms.size(1) == yolo3::kTerms,
+              "grad_terms must have shape [", n, ", 4], got ", grad_terms.sizes());
+  for (size_t l = 0; l < grads.size(); ++l) {
+    const at::Tensor &g = grads[l], &a = assigned[l];
+    TORCH_CHECK(g.dim() == 5 && g.size(0) == n && g.size(4) >= 5, "grads[", l, "] must have shape [N, A, H, W, 5 + C], got ",
+                g.sizes());
+    check_kernel_float(g, "grads");
+    TORCH_CHECK(grad_terms.scalar_type() == accumulate_type(g.scalar_type()), "grad_terms must be ",
+                accumulate_type(g.scalar_type()), ", got ", grad_terms.scalar_type());
+    TORCH_CHECK(a.scalar_type() == at::kChar && a.sizes() == g.sizes().slice(0, 4), "assigned[", l,
+                "] must be int8 of shape ", g.sizes().slice(0, 4), ", got ", a.scalar_type(), " ", a.sizes());
+    TORCH_CHECK(g.device() == grad_terms.device() && a.device() == grad_terms.device(),
+                "grad_terms, grads and assigned must be on one device");
+  }
+}
+
+}  // namespace fastmtl
+
+TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
+  // The anchor-based YOLO loss, YOLOv3 rules with the "mse" box term, of preds (one [N, A, H_l,
+  // W_l, 5 + C] per scale) against targets [N, M, 5] (class, cx, cy, w, h image fractions; the
+  // first counts[n] rows real), anchors [L, A, 2] in pixels and strides [L]. Returns the per-image
+  // terms [N, 4] (box, obj, noobj, cls, unweighted; float32 for half preds), the gradient of their
+  // sum with respect to each scale (shape and dtype of preds; none when not compute_grad) and
+  // which predictions are assigned ([N, A, H_l, W_l] int8 per scale), for the backward.
+  m.def(
+      "yolo_v3_loss(Tensor[] preds, Tensor targets, Tensor counts, Tensor anchors, float[] strides, "
+      "float ignore_threshold, bool compute_grad) -> (Tensor, Tensor[], Tensor[])");
+  // Per scale, the saved gradient with each value scaled by the incoming gradient of its term.
+  m.def("_yolo_v3_loss_backward(Tensor grad_terms, Tensor[] grads, Tensor[] assigned) -> Tensor[]");
+}

@@ -1,0 +1,32 @@
+#pragma once
+// Shared declarations of the fused anchor-based YOLO loss (math in csrc/kernels/yolo_v3.h).
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+#include "../../kernels/yolo_v3.h"
+
+namespace fastmtl {
+
+// Checks preds (one [N, A, H_l, W_l, 5 + C] per scale, one dtype and device), targets [N, M, 5],
+// counts [N], anchors [L, A, 2], strides [L] and the threshold; messages name the argument.
+// Returns the scales' shapes (anchor_px left null).
+yolo3::Scales<double> check_yolo_v3_args(at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts,
+                                         const at::Tensor& anchors, at::ArrayRef<double> strides,
+                                         double ignore_threshold);
+
+// Checks the backward's saved tensors against the incoming gradient of the terms [N, 4].
+void check_yolo_v3_grad(const at::Tensor& grad_terms, at::TensorList grads, at::TensorList assigned);
+
+template <typename T>
+yolo3::Scales<T> scales_as(const yolo3::Scales<double>& s, const T* anchor_px) {
+  yolo3::Scales<T> out{s.levels, s.anchors, {}, {}, {}, anchor_px};
+  for (int l = 0; l < s.levels; ++l) {
+    out.grid_h[l] = s.grid_h[l];
+    out.grid_w[l] = s.grid_w[l];
+    out.stride[l] = static_cast<T>(s.stride[l]);
+  }
+  return out;
+}
+
+}  // namespace fastmtl

@@ -1,0 +1,144 @@
+"""The fused anchor-based YOLO loss (YOLOv3 rules, box term "mse"): one pass over every scale
+computes the loss terms and their gradient; the backward scales the saved gradient.
+
+The public entry is :func:`fastmtl.losses.yolo_anchor_loss`, which takes this path for
+``mode="v3"`` with the ``"mse"`` box term when the extension is built, and the plain-PyTorch
+reference (:mod:`fastmtl.ops._yolo_anchor_reference`, whose docstring states every rule)
+otherwise. :func:`yolo_v3_terms` returns the unweighted per-image terms ``[N, 4]`` (box, obj,
+noobj, cls), differentiable in the predictions (not twice: double backward raises).
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from fastmtl._ext import has_compiled_ops
+from fastmtl.ops._checks import InputError
+from fastmtl.ops._reference import compute_dtype
+
+__all__ = ["TERMS", "check_op_args", "yolo_v3_terms"]
+
+TERMS = ("box", "obj", "noobj", "cls")
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_MAX_LEVELS = 8
+
+
+def yolo_v3_terms(
+    preds: "list[Tensor]", targets: Tensor, counts: Tensor, anchors: Tensor, strides, ignore_threshold: float
+) -> Tensor:
+    """Per-image ``[N, 4]`` terms of the fused op (float32 for half predictions)."""
+    compute_grad = torch.is_grad_enabled() and any(p.requires_grad for p in preds)
+    terms, _, _ = torch.ops.fastmtl.yolo_v3_loss(
+        list(preds),
+        targets,
+        counts,
+        anchors,
+        [float(s) for s in strides],
+        float(ignore_threshold),
+        compute_grad,
+    )
+    return terms
+
+
+def check_op_args(preds, targets, counts, anchors, strides, ignore_threshold) -> None:
+    """The C++ check_yolo_v3_args (csrc/ops/yolo/yolo_v3.cpp), for the fake kernel."""
+    if not 1 <= len(preds) <= _MAX_LEVELS:
+        raise InputError(f"preds must hold 1 to {_MAX_LEVELS} scales, got {len(preds)}")
+    p0 = preds[0]
+    if p0.dim() != 5 or p0.shape[4] < 5:
+        raise InputError(f"preds[0] must have shape [N, A, H, W, 5 + C], got {list(p0.shape)}")
+    if p0.dtype not in _FLOATS:
+        raise InputError(f"preds[0] must be float32, float64, float16 or bfloat16, got {p0.dtype}")
+    if not 1 <= p0.shape[1] < 1024:
+        raise InputError(f"preds: 1 to 1023 anchors per scale, got {p0.shape[1]}")
+    for i, p in enumerate(preds):
+        if (
+            p.dim() != 5
+            or p.shape[0] != p0.shape[0]
+            or p.shape[1] != p0.shape[1]
+            or p.shape[4] != p0.shape[4]
+        ):
+            raise InputError(
+                f"preds[{i}] must have shape [{p0.shape[0]}, {p0.shape[1]}, H, W, {p0.shape[4]}] "
+                f"like preds[0], got {list(p.shape)}"
+            )
+        if p.dtype != p0.dtype or p.device != p0.device:
+            raise InputError(
+                f"preds[{i}] must have the dtype and device of preds[0], got {p.dtype} on {p.device}"
+            )
+        if p.shape[2] >= 2**30 or p.shape[3] >= 2**30:
+            raise InputError(
+                f"preds[{i}]: a grid of {p.shape[2]} x {p.shape[3]} is too large: sides below 2^30"
+            )
+    n, levels = p0.shape[0], len(preds)
+    if targets.dim() != 3 or targets.shape[0] != n or targets.shape[2] != 5:
+        raise InputError(
+            f"targets must have shape [{n}, max_boxes, 5] (class, cx, cy, w, h), got {list(targets.shape)}"
+        )
+    if not targets.is_floating_point():
+        raise InputError(f"targets must be a floating-point tensor, got {targets.dtype}")
+    if counts.dim() != 1 or counts.shape[0] != n:
+        raise InputError(f"counts must have shape [{n}], got {list(counts.shape)}")
+    if counts.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"counts must be int64 or int32, got {counts.dtype}")
+    if anchors.dim() != 3 or tuple(anchors.shape) != (levels, p0.shape[1], 2):
+        raise InputError(f"anchors must have shape [{levels}, {p0.shape[1]}, 2], got {list(anchors.shape)}")
+    if not anchors.is_floating_point():
+        raise InputError(f"anchors must be a floating-point tensor, got {anchors.dtype}")
+    if any(t.device != p0.device for t in (targets, counts, anchors)):
+        raise InputError(
+            f"targets, counts and anchors must be on the device of preds, got {targets.device}, "
+            f"{counts.device}, {anchors.device} and {p0.device}"
+        )
+    if len(strides) != levels:
+        raise InputError(f"strides must have {levels} entries (one per scale), got {len(strides)}")
+    for i, s in enumerate(strides):
+        if not (math.isfinite(s) and s > 0):
+            raise InputError(f"strides[{i}] must be finite and > 0, got {s}")
+    if math.isnan(ignore_threshold):
+        raise InputError("ignore_threshold must not be NaN")
+
+
+def _register() -> None:
+    """Fake (meta) kernels for torch.compile and the autograd formula of the fused op."""
+    lib = "fastmtl::"
+
+    @torch.library.register_fake(lib + "yolo_v3_loss")
+    def _(preds, targets, counts, anchors, strides, ignore_threshold, compute_grad):
+        check_op_args(preds, targets, counts, anchors, strides, ignore_threshold)
+        terms = preds[0].new_empty((preds[0].shape[0], len(TERMS)), dtype=compute_dtype(preds[0].dtype))
+        grads = [p.new_empty(p.shape) for p in preds] if compute_grad else []
+        return terms, grads, [p.new_empty(p.shape[:4], dtype=torch.int8) for p in preds]
+
+    @torch.library.register_fake(lib + "_yolo_v3_loss_backward")
+    def _(grad_terms, grads, assigned):
+        return [g.new_empty(g.shape) for g in grads]
+
+    def setup_context(ctx, inputs, output):
+        *_, compute_grad = inputs
+        _, grads, assigned = output
+        ctx.mark_non_differentiable(*grads, *assigned)
+        ctx.compute_grad, ctx.levels = compute_grad, len(assigned)
+        ctx.save_for_backward(*grads, *assigned)
+
+    def backward(ctx, grad_terms, _grad_grads, _grad_assigned):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 7
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "yolo_v3_loss: double backward is not supported (the saved gradient is constant)"
+            )
+        if not ctx.compute_grad:
+            raise RuntimeError("yolo_v3_loss was called with compute_grad=False: it saved no gradient")
+        saved = ctx.saved_tensors
+        grads, assigned = list(saved[: ctx.levels]), list(saved[ctx.levels :])
+        return (torch.ops.fastmtl._yolo_v3_loss_backward(grad_terms.contiguous(), grads, assigned),) + (
+            None,
+        ) * 6
+
+    torch.library.register_autograd(lib + "yolo_v3_loss", backward, setup_context=setup_context)
+
+
+if has_compiled_ops():
+    _register()

@@ -1,0 +1,146 @@
+"""The fused anchor-based YOLO loss (mode "v3", box term "mse") against the plain-PyTorch
+reference it was written from: terms and gradients on random scales, shared cells, padding,
+ignore thresholds, half precision; opcheck, torch.compile, empty and bad inputs."""
+
+import pytest
+import torch
+
+from fastmtl.losses import yolo_anchor_loss
+from fastmtl.ops._yolo_anchor_reference import YOLOV5_ANCHORS, YOLOV5_STRIDES, yolo_anchor_loss_reference
+from tests.utils import compiled_only, has_cuda
+
+pytestmark = compiled_only
+
+ANCHORS = torch.tensor(YOLOV5_ANCHORS, dtype=torch.float64)
+KEYS = ("total", "box", "obj", "noobj", "cls")
+
+
+def make(gen, n=3, sides=(8, 4, 2), classes=4, max_boxes=6, dtype=torch.float64, counts=None):
+    preds = [
+        torch.randn(n, 3, s, s, 5 + classes, generator=gen, dtype=torch.float64).to(dtype) for s in sides
+    ]
+    t = torch.rand(n, max_boxes, 5, generator=gen, dtype=torch.float64) * 0.8 + 0.1
+    t[..., 0] = torch.randint(0, classes, (n, max_boxes), generator=gen).double()
+    if counts is None:
+        counts = torch.arange(n) * max_boxes // max(n - 1, 1)
+    return preds, t, torch.as_tensor(counts)
+
+
+def both(preds, t, counts, **kw):
+    """(fused, reference) outputs and the gradients of a weighted total."""
+    outs = []
+    for fn in (yolo_anchor_loss, yolo_anchor_loss_reference):
+        ps = [p.clone().requires_grad_() for p in preds]
+        out = fn(ps, t, counts, ANCHORS.to(preds[0].dtype), YOLOV5_STRIDES, **kw)
+        (out["total"] + 0.5 * out["obj"] + 3 * out["cls"]).backward()  # term gradients not all 1
+        outs.append((out, [p.grad for p in ps]))
+    return outs
+
+
+@pytest.mark.parametrize("thr", [0.5, 0.0, 0.2, 1.0])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_terms_and_gradients_match_the_reference(thr, reduction, gen):
+    preds, t, counts = make(gen)
+    (a, ga), (b, gb) = both(preds, t, counts, ignore_threshold=thr, reduction=reduction, lambda_noobj=0.7)
+    for k in KEYS:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-12)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_shared_cells_last_wins_and_padding_is_never_read(gen):
+    preds, t, counts = make(gen, n=2, max_boxes=5, counts=[4, 2])
+    t[0, 1] = t[0, 0]  # the same box twice: one anchor and cell
+    t[0, 2, 1:] = t[0, 0, 1:] + 1e-3  # the same cell, another class
+    t[1, 2:] = float("nan")  # padding
+    (a, ga), (b, gb) = both(preds, t, counts)
+    for k in KEYS:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-12)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_lower_precision_accumulates_in_float32(dtype, gen):
+    preds, t, counts = make(gen, dtype=dtype)
+    out = yolo_anchor_loss([p.requires_grad_() for p in preds], t, counts, ANCHORS, YOLOV5_STRIDES)
+    assert out["total"].dtype == torch.float32
+    out["total"].backward()
+    assert all(p.grad.dtype == dtype for p in preds)
+    want = yolo_anchor_loss_reference(
+        [p.detach().double() for p in preds], t, counts, ANCHORS, YOLOV5_STRIDES
+    )
+    tol = 1e-5 if dtype == torch.float32 else 1e-3
+    torch.testing.assert_close(out["total"].double(), want["total"], rtol=tol, atol=tol)
+
+
+def test_no_targets_leaves_the_no_object_term(gen):
+    preds, t, _ = make(gen, n=2)
+    for targets, counts in ((t, torch.tensor([0, 0])), (t[:, :0], torch.tensor([0, 0]))):
+        out = yolo_anchor_loss(preds, targets, counts, ANCHORS, YOLOV5_STRIDES)
+        assert out["box"] == 0 and out["obj"] == 0 and out["cls"] == 0 and out["noobj"] > 0
+    empty = [p[:0] for p in preds]
+    assert (
+        yolo_anchor_loss(empty, t[:0], torch.zeros(0, dtype=torch.long), ANCHORS, YOLOV5_STRIDES)["total"]
+        == 0
+    )
+
+
+def test_opcheck_and_compile(gen):
+    preds, t, counts = make(gen, n=2, dtype=torch.float32)
+    anchors = ANCHORS.float()
+    for grad in (False, True):
+        ps = [p.clone().requires_grad_(grad) for p in preds]
+        args = (ps, t.float(), counts, anchors, [8.0, 16.0, 32.0], 0.5, grad)
+        torch.library.opcheck(torch.ops.fastmtl.yolo_v3_loss.default, args)
+
+    def total(*ps):
+        return yolo_anchor_loss(list(ps), t, counts, anchors, YOLOV5_STRIDES)["total"]
+
+    compiled = torch.compile(total, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(*preds), total(*preds))
+
+
+def test_double_backward_raises(gen):
+    preds, t, counts = make(gen, n=1)
+    ps = [p.clone().requires_grad_() for p in preds]
+    out = yolo_anchor_loss(ps, t, counts, ANCHORS, YOLOV5_STRIDES)["total"]
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out, ps, create_graph=True)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: a.update(counts=a["counts"] + 10), "counts"),
+        (lambda a: a["targets"].__setitem__((2, 0, 0), 9.0), "class index"),
+        (lambda a: a["targets"].__setitem__((2, 0, 3), 0.0), "size"),
+        (lambda a: a["targets"].__setitem__((2, 0, 2), float("nan")), "NaN"),
+        (lambda a: a.update(anchors=a["anchors"][:2]), "anchors must have shape"),
+        (lambda a: a.update(strides=(8, 16)), "strides"),
+        (lambda a: a.update(preds=[a["preds"][0], a["preds"][1][..., :-1], a["preds"][2]]), "preds\\[1\\]"),
+        (lambda a: a.update(preds=[p.int() for p in a["preds"]]), "preds\\[0\\] must be float"),
+    ],
+)
+def test_bad_input_names_the_argument(change, match, gen):
+    preds, t, counts = make(gen)
+    a = {"preds": preds, "targets": t, "counts": counts, "anchors": ANCHORS, "strides": YOLOV5_STRIDES}
+    change(a)
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        yolo_anchor_loss(**a)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not has_cuda(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_cuda_matches_cpu(dtype, gen):
+    preds, t, counts = make(gen, n=8, sides=(16, 8, 4), classes=20, max_boxes=12, dtype=dtype)
+    results = []
+    for device in ("cpu", "cuda"):
+        ps = [p.to(device).requires_grad_() for p in preds]
+        out = yolo_anchor_loss(ps, t.to(device), counts.to(device), ANCHORS.to(device), YOLOV5_STRIDES)
+        (out["total"] + out["cls"]).backward()
+        results.append(([out[k].cpu() for k in KEYS], [p.grad.cpu() for p in ps]))
+    tol = 1e-5 if dtype != torch.float16 else 1e-3
+    for x, y in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        torch.testing.assert_close(y, x, rtol=tol, atol=tol)
