@@ -72,7 +72,9 @@ def yolo_v1_terms(
     dt = compute_dtype(pred.dtype)
     n, grid_h, grid_w, _ = pred.shape
     cells, b = grid_h * grid_w, num_boxes
-    p = pred.to(dt).reshape(n, cells, -1)
+    p = pred.to(dt).reshape(n, cells, pred.shape[3])  # not -1: a grid of no cells is valid
+    if cells == 0:  # no cell, no term (kept in the graph of pred)
+        return (p.sum((1, 2)) * 0)[:, None].expand(n, 5).clone()
     obj, has = _cell_objects(targets.detach().to(dt), counts, grid_h, grid_w)
     boxes = p[..., : 5 * b].reshape(n, cells, b, 5)
     col = torch.arange(cells, device=p.device) % grid_w

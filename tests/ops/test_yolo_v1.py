@@ -299,3 +299,17 @@ def test_module_form_scripts_and_matches_the_function(gen):
         torch.testing.assert_close(_terms(got), _terms(want), rtol=0, atol=0)
     with pytest.raises(ValueError, match="Invalid wh"):
         YOLOv1Loss(wh="root")
+
+
+def test_a_grid_without_cells(gen, monkeypatch):
+    """Found by the property suite: the reference could not reshape a grid of 0 x W cells."""
+    import fastmtl.ops.yolo_v1 as module
+
+    _, targets, counts = yolo_v1_inputs(gen, 2)
+    pred = torch.zeros(2, 0, 7, 14, requires_grad=True)
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(module, "use_compiled", lambda *a, **k: False)
+        out = F.yolo_v1_loss(pred, targets, counts, 2, 4)
+        assert out["total"].item() == 0
+        out["total"].backward()

@@ -27,6 +27,7 @@ import torchvision.ops as tv
 import fastmtl.ops as F
 from fastmtl.metrics._coco_reference import coco_evaluate as coco_reference
 from fastmtl.ops import _reference as R
+from fastmtl.ops._yolo_anchor_reference import yolo_anchor_loss_reference
 from fastmtl.ops._yolo_v1_reference import yolo_v1_terms
 
 ERRORS = (TypeError, ValueError, RuntimeError, NotImplementedError)
@@ -435,6 +436,18 @@ def _specs():
         strings=("wh", "conf_target"),
         **yolo_options_kw,
     )
+    # The fused anchor loss (fastmtl.losses.yolo_anchor_loss calls it; the op route only), two scales
+    v3_tensors = ("preds0", "preds1", "targets", "counts", "anchors")
+    add(
+        "yolo_v3_loss",
+        "op",
+        lambda preds0, preds1, **kw: torch.ops.fastmtl.yolo_v3_loss([preds0, preds1], **kw)[0],
+        _yolo_v3,
+        _yolo_v3_reference,
+        tensors=v3_tensors,
+        floats=("ignore_threshold",),
+        related={k: ("preds", "targets", "counts", "anchors") for k in v3_tensors},
+    )
     # COCO evaluation (fastmtl.metrics.coco_evaluate calls it; the op route only) --------------
     add(
         "coco_evaluate",
@@ -461,6 +474,34 @@ def _yolo_v1(g, n=2, grid=3, boxes=2, classes=3, max_boxes=3) -> dict:
     targets = torch.rand(n, max_boxes, 5, generator=g)
     targets[..., 0] = torch.randint(0, classes, (n, max_boxes), generator=g).float()
     return {"pred": pred, "targets": targets, "counts": torch.tensor([max_boxes, 1])[:n]}
+
+
+def _yolo_v3(g, n=2, classes=3) -> dict:
+    out = _yolo_v1(g, n=n, classes=classes)
+    out["targets"][..., 3:] = out["targets"][..., 3:].clamp(min=0.05)  # sides > 0: tw = log(w / anchor)
+    return {
+        "preds0": torch.randn(n, 2, 4, 4, 5 + classes, generator=g),
+        "preds1": torch.randn(n, 2, 2, 2, 5 + classes, generator=g),
+        "targets": out["targets"],
+        "counts": out["counts"],
+        "anchors": torch.tensor([[[6.0, 8.0], [12.0, 9.0]], [[20.0, 24.0], [40.0, 30.0]]]),
+        "strides": [8.0, 16.0],
+        "ignore_threshold": 0.5,
+        "compute_grad": False,
+    }
+
+
+def _yolo_v3_reference(preds0, preds1, targets, counts, anchors, strides, ignore_threshold, compute_grad):
+    """Per-image [N, 4] terms of the plain-PyTorch loss (one image at a time: a test reference)."""
+    rows = []
+    for i in range(preds0.shape[0]):
+        out = yolo_anchor_loss_reference(
+            [preds0[i : i + 1], preds1[i : i + 1]], targets[i : i + 1], counts[i : i + 1], anchors, strides,
+            ignore_threshold=ignore_threshold,
+        )  # fmt: skip
+        rows.append(torch.stack([out[k] for k in ("box", "obj", "noobj", "cls")]))
+    dt = R.compute_dtype(preds0.dtype)
+    return torch.stack(rows).to(dt) if rows else torch.zeros(0, 4, dtype=dt)
 
 
 COCO_DETS = ("det_boxes", "det_scores", "det_labels", "det_images")
