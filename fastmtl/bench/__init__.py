@@ -19,7 +19,7 @@ REGISTRY = {
     "roi_align": "fastmtl.bench.cases_roi:align_cases",
     "roi_pool": "fastmtl.bench.cases_roi:pool_cases",
     "style_loss": "fastmtl.bench.cases_gram",
-    "yolo_v1_loss": "fastmtl.bench.cases_yolo",
+    "yolo": "fastmtl.bench.cases_yolo",
     "coco_evaluate": "fastmtl.bench.cases_coco",
 }
 
