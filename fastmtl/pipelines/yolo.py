@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from fastmtl.data import CompositeConfig, CompositeDataset
 from fastmtl.metrics.detection_map import class_average_precisions
@@ -28,7 +28,7 @@ from fastmtl.ops import yolo_v1_loss
 from fastmtl.pipelines.detection import _threads, random_baseline_map50
 from fastmtl.pipelines.detection_plots import save_detection_grid, save_loss_plot
 
-__all__ = ["YOLOConfig", "YOLOResult", "evaluate_yolo", "train_yolo"]
+__all__ = ["YOLOConfig", "YOLOResult", "evaluate_yolo", "train_yolo", "yolo_optimizer"]
 
 
 @dataclass
@@ -94,6 +94,22 @@ class YOLOResult:
     model: Optional[YOLODetector] = field(default=None, repr=False)
 
 
+class _Kept(Dataset):
+    """Keeps each item once drawn: epochs after the first cost no drawing, and a short run draws
+    only the images it uses (the scenes are deterministic, so this changes no result)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset, self.items = dataset, {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if index not in self.items:
+            self.items[index] = self.dataset[index]
+        return self.items[index]
+
+
 @torch.no_grad()
 def evaluate_yolo(model: YOLODetector, dataset, config: YOLOConfig, *, batch_size: int = 32) -> list:
     """Detections (on the CPU) of every image of ``dataset``, in order."""
@@ -121,7 +137,7 @@ def _lr_factor(step: int, config: YOLOConfig) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def _optimizer(model: YOLODetector, config: YOLOConfig) -> torch.optim.Optimizer:
+def yolo_optimizer(model: YOLODetector, config: YOLOConfig) -> torch.optim.Optimizer:
     """Adam; a pretrained backbone learns ``backbone_lr_factor`` times slower than the new head."""
     pretrained = config.backbone != "small"
     backbone_lr = config.lr * (config.backbone_lr_factor if pretrained else 1.0)
@@ -140,7 +156,7 @@ def _train(model: YOLODetector, train_set, config: YOLOConfig) -> list:
         collate_fn=yolo_collate,
         generator=torch.Generator().manual_seed(config.seed),
     )
-    optimizer = _optimizer(model, config)
+    optimizer = yolo_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     mc, history = model.config, []
     model.train()
@@ -211,9 +227,9 @@ def train_yolo(config: Optional[YOLOConfig] = None, *, save_plots: bool = True) 
     with _threads(config.num_threads):
         torch.manual_seed(config.seed)
         scenes = config.scene_config()
-        train_set = CompositeDataset(config.train_size, seed=config.seed, config=scenes, cache=True)
+        train_set = _Kept(CompositeDataset(config.train_size, seed=config.seed, config=scenes))
         val_set = CompositeDataset(config.val_size, seed=config.seed, start=config.train_size, config=scenes)
-        model = YOLODetector(config.detector_config(train_set.num_classes)).to(config.device)
+        model = YOLODetector(config.detector_config(val_set.num_classes)).to(config.device)
         start = time.perf_counter()
         history = _train(model, train_set, config)
         train_seconds = time.perf_counter() - start
@@ -224,7 +240,7 @@ def train_yolo(config: Optional[YOLOConfig] = None, *, save_plots: bool = True) 
         result = YOLOResult(
             history=history,
             map50=sum(aps.values()) / len(aps) if aps else float("nan"),
-            baseline_map50=_baseline(targets, config, train_set.num_classes),
+            baseline_map50=_baseline(targets, config, val_set.num_classes),
             class_ap50={val_set.class_names[c]: ap for c, ap in aps.items()},
             train_seconds=train_seconds,
             model=model,
