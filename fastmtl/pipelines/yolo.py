@@ -37,9 +37,9 @@ class YOLOConfig:
 
     seed: int = 0
     image_size: int = 128
-    train_size: int = 1024
+    train_size: int = 2048
     val_size: int = 64
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 5e-4

