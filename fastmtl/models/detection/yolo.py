@@ -18,6 +18,7 @@ given (the paper's net is linear; bounded outputs train steadier on small data):
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +77,7 @@ class YOLODetector(nn.Module):
     statistics are ImageNet's) even while the model trains.
     """
 
-    def __init__(self, config: YOLODetectorConfig = None):
+    def __init__(self, config: Optional[YOLODetectorConfig] = None):
         super().__init__()
         self.config = config = config or YOLODetectorConfig()
         self.backbone = _backbone(config)
