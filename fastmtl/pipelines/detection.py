@@ -25,7 +25,14 @@ from fastmtl.metrics.detection_map import (
 from fastmtl.models.detection import DetectorConfig, HeadConfig, TwoStageDetector
 from fastmtl.pipelines.detection_plots import save_detection_grid, save_loss_plot
 
-__all__ = ["DetectionConfig", "DetectionResult", "evaluate_detector", "random_detections", "train_detector"]
+__all__ = [
+    "DetectionConfig",
+    "DetectionResult",
+    "evaluate_detector",
+    "random_baseline_map50",
+    "random_detections",
+    "train_detector",
+]
 
 
 @dataclass
@@ -183,23 +190,46 @@ def _train(model: TwoStageDetector, train_set, config: DetectionConfig) -> list:
     return history
 
 
-def _baseline_map50(targets: list, config: DetectionConfig, shapes) -> float:
-    """Chance level: the mean mAP@0.5 of ``config.baseline_draws`` sets of random detections
-    (a single draw is sometimes lucky, several times the typical value)."""
-    generator = torch.Generator().manual_seed(config.seed + 1)
+def random_baseline_map50(
+    targets: list,
+    *,
+    image_size: int,
+    num_classes: int,
+    per_image: int,
+    min_size: float,
+    max_size: float,
+    draws: int,
+    seed: int,
+) -> float:
+    """Chance level: the mean mAP@0.5 of ``draws`` sets of :func:`random_detections` against
+    ``targets`` (a single draw is sometimes lucky, several times the typical value)."""
+    generator = torch.Generator().manual_seed(seed)
     total = 0.0
-    for _ in range(config.baseline_draws):
+    for _ in range(draws):
         baseline = random_detections(
             len(targets),
-            config.image_size,
-            num_classes=ShapesDataset.num_classes,
-            per_image=config.baseline_boxes,
-            min_size=shapes.min_size,
-            max_size=shapes.max_size,
+            image_size,
+            num_classes=num_classes,
+            per_image=per_image,
+            min_size=min_size,
+            max_size=max_size,
             generator=generator,
         )
         total += mean_average_precision(baseline, targets)
-    return total / config.baseline_draws
+    return total / draws
+
+
+def _baseline_map50(targets: list, config: DetectionConfig, shapes) -> float:
+    return random_baseline_map50(
+        targets,
+        image_size=config.image_size,
+        num_classes=ShapesDataset.num_classes,
+        per_image=config.baseline_boxes,
+        min_size=shapes.min_size,
+        max_size=shapes.max_size,
+        draws=config.baseline_draws,
+        seed=config.seed + 1,
+    )
 
 
 def train_detector(config: Optional[DetectionConfig] = None, *, save_plots: bool = True) -> DetectionResult:
