@@ -15,7 +15,9 @@
 // any other pays noobj = BCE(obj, 0), unless its decoded box (i + sig(x), j + sig(y),
 // prior_w exp(w), prior_h exp(h)) overlaps a real target of its image with IoU > ignore_threshold.
 // Each prediction value feeds one term (box; obj or noobj; cls), so the backward scales the
-// saved gradient by the incoming gradient of that term.
+// saved gradient by the incoming gradient of that term. The saved gradient is compact: the
+// objectness value of every prediction, and whole rows only for the assigned ones (at most one
+// per target); the rest of the gradient is zero.
 
 #include <cmath>
 #include <cstdint>
@@ -139,19 +141,18 @@ FASTMTL_HD bool ignored(const S* p, const Slot<T>& q, const T* targets, int64_t 
   return false;
 }
 
-// The terms of prediction p (5 + classes values), added to terms[kTerms], and their gradient
-// written to grad (when not null). owner: its target row, or null. Returns whether it is assigned.
+// The terms of prediction p (5 + classes values), added to terms[kTerms], and their gradient,
+// kept compact (when obj_grad is not null): the objectness gradient of every prediction in
+// *obj_grad, and the whole row only for an assigned one, in row (5 + classes values; the rest of
+// an unassigned prediction's gradient is 0). owner: its target row, or null. Returns whether the
+// prediction is assigned.
 template <typename T, typename S>
 FASTMTL_HD bool prediction_loss(const S* p, int classes, const Slot<T>& q, const T* owner, bool skip_noobj,
-                                T* terms, S* grad) {
+                                T* terms, S* obj_grad, S* row) {
   const T obj = static_cast<T>(p[4]);
   if (!owner) {
     if (!skip_noobj) terms[kNoObj] += bce(obj, T(0));
-    if (grad) {
-      for (int k = 0; k < 4; ++k) grad[k] = S(0);
-      grad[4] = skip_noobj ? S(0) : static_cast<S>(sigmoid(obj));
-      for (int c = 0; c < classes; ++c) grad[5 + c] = S(0);
-    }
+    if (obj_grad) *obj_grad = skip_noobj ? S(0) : static_cast<S>(sigmoid(obj));
     return false;
   }
   const T sw = static_cast<T>(q.grid_w), sh = static_cast<T>(q.grid_h);
@@ -162,15 +163,16 @@ FASTMTL_HD bool prediction_loss(const S* p, int classes, const Slot<T>& q, const
     const T s = k < 2 ? sigmoid(v) : v;
     const T d = s - target[k];
     terms[kBox] += d * d;
-    if (grad) grad[k] = static_cast<S>(T(2) * d * (k < 2 ? s * (T(1) - s) : T(1)));
+    if (row) row[k] = static_cast<S>(T(2) * d * (k < 2 ? s * (T(1) - s) : T(1)));
   }
   terms[kObj] += bce(obj, T(1));
-  if (grad) grad[4] = static_cast<S>(sigmoid(obj) - T(1));
+  if (obj_grad) *obj_grad = static_cast<S>(sigmoid(obj) - T(1));
+  if (row) row[4] = static_cast<S>(sigmoid(obj) - T(1));
   const int label = static_cast<int>(owner[0]);
   for (int c = 0; c < classes; ++c) {
     const T x = static_cast<T>(p[5 + c]), t = c == label ? T(1) : T(0);
     terms[kCls] += bce(x, t);
-    if (grad) grad[5 + c] = static_cast<S>(sigmoid(x) - t);
+    if (row) row[5 + c] = static_cast<S>(sigmoid(x) - t);
   }
   return true;
 }
@@ -182,11 +184,6 @@ FASTMTL_HD int64_t slot_owner(const GtCell* cells, int64_t count, int level, int
     if (c.level == level && c.anchor == anchor && c.gi == gi && c.gj == gj) return k;
   }
   return -1;
-}
-
-// The term that value e (0 .. 4 + classes) of a prediction feeds.
-FASTMTL_HD int term_of(int64_t e, bool assigned) {
-  return e < 4 ? kBox : (e == 4 ? (assigned ? kObj : kNoObj) : kCls);
 }
 
 }  // namespace yolo3

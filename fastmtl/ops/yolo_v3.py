@@ -1,5 +1,7 @@
 """The fused anchor-based YOLO loss (YOLOv3 rules, box term "mse"): one pass over every scale
-computes the loss terms and their gradient; the backward scales the saved gradient.
+computes the loss terms and their gradient; the backward scales the saved gradient. The saved
+gradient is compact: the objectness value of every prediction and whole rows only for the
+assigned ones (at most one per target), since every other value of the gradient is zero.
 
 The public entry is :func:`fastmtl.losses.yolo_anchor_loss`, which takes this path for
 ``mode="v3"`` with the ``"mse"`` box term when the extension is built, and the plain-PyTorch
@@ -29,7 +31,7 @@ def yolo_v3_terms(
 ) -> Tensor:
     """Per-image ``[N, 4]`` terms of the fused op (float32 for half predictions)."""
     compute_grad = torch.is_grad_enabled() and any(p.requires_grad for p in preds)
-    terms, _, _ = torch.ops.fastmtl.yolo_v3_loss(
+    terms, *_ = torch.ops.fastmtl.yolo_v3_loss(
         list(preds),
         targets,
         counts,
@@ -107,22 +109,26 @@ def _register() -> None:
     @torch.library.register_fake(lib + "yolo_v3_loss")
     def _(preds, targets, counts, anchors, strides, ignore_threshold, compute_grad):
         check_op_args(preds, targets, counts, anchors, strides, ignore_threshold)
-        terms = preds[0].new_empty((preds[0].shape[0], len(TERMS)), dtype=compute_dtype(preds[0].dtype))
-        grads = [p.new_empty(p.shape) for p in preds] if compute_grad else []
-        return terms, grads, [p.new_empty(p.shape[:4], dtype=torch.int8) for p in preds]
+        p0 = preds[0]
+        terms = p0.new_empty((p0.shape[0], len(TERMS)), dtype=compute_dtype(p0.dtype))
+        obj_grads = [p.new_empty(p.shape[:4]) for p in preds] if compute_grad else []
+        assigned = [p.new_empty(p.shape[:4], dtype=torch.int8) for p in preds]
+        rows = p0.new_empty((p0.shape[0], targets.shape[1], p0.shape[4]) if compute_grad else (0,))
+        row_slots = p0.new_empty((p0.shape[0], targets.shape[1], 2), dtype=torch.int64)
+        return terms, obj_grads, assigned, rows, row_slots
 
     @torch.library.register_fake(lib + "_yolo_v3_loss_backward")
-    def _(grad_terms, grads, assigned):
-        return [g.new_empty(g.shape) for g in grads]
+    def _(grad_terms, obj_grads, assigned, rows, row_slots):
+        return [g.new_empty((*g.shape, rows.shape[2])) for g in obj_grads]
 
     def setup_context(ctx, inputs, output):
         *_, compute_grad = inputs
-        _, grads, assigned = output
-        ctx.mark_non_differentiable(*grads, *assigned)
+        _, obj_grads, assigned, rows, row_slots = output
+        ctx.mark_non_differentiable(*obj_grads, *assigned, rows, row_slots)
         ctx.compute_grad, ctx.levels = compute_grad, len(assigned)
-        ctx.save_for_backward(*grads, *assigned)
+        ctx.save_for_backward(*obj_grads, *assigned, rows, row_slots)
 
-    def backward(ctx, grad_terms, _grad_grads, _grad_assigned):
+    def backward(ctx, grad_terms, *_unused):
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
         if torch.is_grad_enabled():
@@ -131,11 +137,12 @@ def _register() -> None:
             )
         if not ctx.compute_grad:
             raise RuntimeError("yolo_v3_loss was called with compute_grad=False: it saved no gradient")
-        saved = ctx.saved_tensors
-        grads, assigned = list(saved[: ctx.levels]), list(saved[ctx.levels :])
-        return (torch.ops.fastmtl._yolo_v3_loss_backward(grad_terms.contiguous(), grads, assigned),) + (
-            None,
-        ) * 6
+        saved, k = ctx.saved_tensors, ctx.levels
+        obj_grads, assigned, (rows, row_slots) = list(saved[:k]), list(saved[k : 2 * k]), saved[2 * k :]
+        grads = torch.ops.fastmtl._yolo_v3_loss_backward(
+            grad_terms.contiguous(), obj_grads, assigned, rows, row_slots
+        )
+        return (grads,) + (None,) * 6
 
     torch.library.register_autograd(lib + "yolo_v3_loss", backward, setup_context=setup_context)
 

@@ -58,24 +58,35 @@ yolo3::Scales<double> check_yolo_v3_args(at::TensorList preds, const at::Tensor&
   return s;
 }
 
-void check_yolo_v3_grad(const at::Tensor& grad_terms, at::TensorList grads, at::TensorList assigned) {
-  TORCH_CHECK(!grads.empty() && grads.size() == assigned.size(), "grads and assigned must hold one tensor per scale, got ",
-              grads.size(), " and ", assigned.size());
-  const int64_t n = grads[0].dim() == 5 ? grads[0].size(0) : -1;
+void check_yolo_v3_grad(const at::Tensor& grad_terms, at::TensorList obj_grads, at::TensorList assigned,
+                        const at::Tensor& rows, const at::Tensor& row_slots) {
+  TORCH_CHECK(!obj_grads.empty() && obj_grads.size() == assigned.size(),
+              "obj_grads and assigned must hold one tensor per scale, got ", obj_grads.size(), " and ",
+              assigned.size());
+  const int64_t n = obj_grads[0].dim() == 4 ? obj_grads[0].size(0) : -1;
   TORCH_CHECK(grad_terms.dim() == 2 && grad_terms.size(0) == n && grad_terms.size(1) == yolo3::kTerms,
               "grad_terms must have shape [", n, ", 4], got ", grad_terms.sizes());
-  for (size_t l = 0; l < grads.size(); ++l) {
-    const at::Tensor &g = grads[l], &a = assigned[l];
-    TORCH_CHECK(g.dim() == 5 && g.size(0) == n && g.size(4) >= 5, "grads[", l, "] must have shape [N, A, H, W, 5 + C], got ",
+  TORCH_CHECK(rows.dim() == 3 && rows.size(0) == n && rows.size(2) >= 5, "rows must have shape [", n,
+              ", M, 5 + C], got ", rows.sizes());
+  TORCH_CHECK(row_slots.dim() == 3 && row_slots.size(0) == n && row_slots.size(1) == rows.size(1) &&
+                  row_slots.size(2) == 2 && row_slots.scalar_type() == at::kLong,
+              "row_slots must be int64 of shape [", n, ", ", rows.size(1), ", 2], got ", row_slots.scalar_type(), " ",
+              row_slots.sizes());
+  check_kernel_float(rows, "rows");
+  TORCH_CHECK(grad_terms.scalar_type() == accumulate_type(rows.scalar_type()), "grad_terms must be ",
+              accumulate_type(rows.scalar_type()), ", got ", grad_terms.scalar_type());
+  for (size_t l = 0; l < obj_grads.size(); ++l) {
+    const at::Tensor &g = obj_grads[l], &a = assigned[l];
+    TORCH_CHECK(g.dim() == 4 && g.size(0) == n && g.scalar_type() == rows.scalar_type(), "obj_grads[", l,
+                "] must be ", rows.scalar_type(), " of shape [", n, ", A, H, W], got ", g.scalar_type(), " ",
                 g.sizes());
-    check_kernel_float(g, "grads");
-    TORCH_CHECK(grad_terms.scalar_type() == accumulate_type(g.scalar_type()), "grad_terms must be ",
-                accumulate_type(g.scalar_type()), ", got ", grad_terms.scalar_type());
-    TORCH_CHECK(a.scalar_type() == at::kChar && a.sizes() == g.sizes().slice(0, 4), "assigned[", l,
-                "] must be int8 of shape ", g.sizes().slice(0, 4), ", got ", a.scalar_type(), " ", a.sizes());
+    TORCH_CHECK(a.scalar_type() == at::kChar && a.sizes() == g.sizes(), "assigned[", l, "] must be int8 of shape ",
+                g.sizes(), ", got ", a.scalar_type(), " ", a.sizes());
     TORCH_CHECK(g.device() == grad_terms.device() && a.device() == grad_terms.device(),
-                "grad_terms, grads and assigned must be on one device");
+                "grad_terms, obj_grads and assigned must be on one device");
   }
+  TORCH_CHECK(rows.device() == grad_terms.device() && row_slots.device() == grad_terms.device(),
+              "rows and row_slots must be on the device of grad_terms");
 }
 
 }  // namespace fastmtl
@@ -84,12 +95,18 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   // The anchor-based YOLO loss, YOLOv3 rules with the "mse" box term, of preds (one [N, A, H_l,
   // W_l, 5 + C] per scale) against targets [N, M, 5] (class, cx, cy, w, h image fractions; the
   // first counts[n] rows real), anchors [L, A, 2] in pixels and strides [L]. Returns the per-image
-  // terms [N, 4] (box, obj, noobj, cls, unweighted; float32 for half preds), the gradient of their
-  // sum with respect to each scale (shape and dtype of preds; none when not compute_grad) and
-  // which predictions are assigned ([N, A, H_l, W_l] int8 per scale), for the backward.
+  // terms [N, 4] (box, obj, noobj, cls, unweighted; float32 for half preds) and the gradient of
+  // their sum, compact: the objectness gradient of every prediction (obj_grads, [N, A, H_l, W_l]
+  // per scale in the dtype of preds; none when not compute_grad), which predictions are assigned
+  // (assigned, int8, same shapes), and the whole gradient rows of the assigned ones (rows [N, M,
+  // 5 + C], row n, k for target k; row_slots [N, M, 2] = (scale, flat index of the prediction in
+  // its scale), -1 where target k has no prediction); every other gradient value is 0.
   m.def(
       "yolo_v3_loss(Tensor[] preds, Tensor targets, Tensor counts, Tensor anchors, float[] strides, "
-      "float ignore_threshold, bool compute_grad) -> (Tensor, Tensor[], Tensor[])");
-  // Per scale, the saved gradient with each value scaled by the incoming gradient of its term.
-  m.def("_yolo_v3_loss_backward(Tensor grad_terms, Tensor[] grads, Tensor[] assigned) -> Tensor[]");
+      "float ignore_threshold, bool compute_grad) -> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
+  // The gradient of every scale, [N, A, H_l, W_l, 5 + C]: the compact one scaled by the incoming
+  // gradient of each value's term.
+  m.def(
+      "_yolo_v3_loss_backward(Tensor grad_terms, Tensor[] obj_grads, Tensor[] assigned, Tensor rows, "
+      "Tensor row_slots) -> Tensor[]");
 }

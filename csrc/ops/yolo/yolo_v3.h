@@ -15,8 +15,10 @@ yolo3::Scales<double> check_yolo_v3_args(at::TensorList preds, const at::Tensor&
                                          const at::Tensor& anchors, at::ArrayRef<double> strides,
                                          double ignore_threshold);
 
-// Checks the backward's saved tensors against the incoming gradient of the terms [N, 4].
-void check_yolo_v3_grad(const at::Tensor& grad_terms, at::TensorList grads, at::TensorList assigned);
+// Checks the backward's saved tensors (the compact gradient) against the incoming gradient of the
+// terms [N, 4].
+void check_yolo_v3_grad(const at::Tensor& grad_terms, at::TensorList obj_grads, at::TensorList assigned,
+                        const at::Tensor& rows, const at::Tensor& row_slots);
 
 template <typename T>
 yolo3::Scales<T> scales_as(const yolo3::Scales<double>& s, const T* anchor_px) {

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -50,8 +51,11 @@ void check_values(const T* targets, const int64_t* counts, int64_t n, int64_t ma
 template <typename scalar_t>
 struct Views {
   std::vector<const scalar_t*> pred;
-  std::vector<scalar_t*> grad;  // empty: no gradient
+  std::vector<scalar_t*> obj_grad;  // empty: no gradient
   std::vector<int8_t*> assigned;
+  scalar_t* rows;      // [N, M, values] or null
+  int64_t* row_slots;  // [N, M, 2]
+  int64_t max_boxes;
   int values;  // 5 + C
 };
 
@@ -61,6 +65,7 @@ void forward_item(const Views<scalar_t>& v, const yolo3::Scales<T>& s, const T* 
   cells.resize(count);
   for (int64_t k = 0; k < count; ++k) cells[k] = yolo3::assign(targets + 5 * k, s);
   const int64_t h = s.grid_h[l], w = s.grid_w[l], values = v.values;
+  const bool grad = !v.obj_grad.empty();
   for (int a = 0; a < s.anchors; ++a) {
     for (int j = 0; j < h; ++j) {
       for (int i = 0; i < w; ++i) {
@@ -69,27 +74,38 @@ void forward_item(const Views<scalar_t>& v, const yolo3::Scales<T>& s, const T* 
         const yolo3::Slot<T> q = yolo3::slot_of(s, l, a, j, i);
         const int64_t k = yolo3::slot_owner(cells.data(), count, l, a, i, j);
         const bool skip = k < 0 && yolo3::ignored(p, q, targets, count, thr);
-        const bool assigned = yolo3::prediction_loss(p, values - 5, q, k >= 0 ? targets + 5 * k : nullptr, skip, sums,
-                                                     v.grad.empty() ? nullptr : v.grad[l] + at * values);
-        v.assigned[l][at] = assigned ? 1 : 0;
+        const int64_t row = img * v.max_boxes + k;  // target k's row, when k >= 0
+        yolo3::prediction_loss(p, values - 5, q, k >= 0 ? targets + 5 * k : nullptr, skip, sums,
+                               grad ? v.obj_grad[l] + at : nullptr, grad && k >= 0 ? v.rows + row * values : nullptr);
+        v.assigned[l][at] = k >= 0 ? 1 : 0;
+        if (k >= 0) {  // one prediction per target: no other task writes this row
+          v.row_slots[2 * row] = l;
+          v.row_slots[2 * row + 1] = at;
+        }
       }
     }
   }
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> yolo_v3_loss_cpu(
-    at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts, const at::Tensor& anchors,
-    at::ArrayRef<double> strides, double ignore_threshold, bool compute_grad) {
+using Outputs = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor>;
+
+Outputs yolo_v3_loss_cpu(at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts,
+                         const at::Tensor& anchors, at::ArrayRef<double> strides, double ignore_threshold,
+                         bool compute_grad) {
   const yolo3::Scales<double> sd = check_yolo_v3_args(preds, targets, counts, anchors, strides, ignore_threshold);
   const auto acc = accumulate_type(preds[0].scalar_type());
   const int64_t n = preds[0].size(0), levels = sd.levels, max_boxes = targets.size(1);
   const int values = static_cast<int>(preds[0].size(4));
-  std::vector<at::Tensor> p(levels), grads, assigned(levels);
+  std::vector<at::Tensor> p(levels), obj_grads, assigned(levels);
   for (int64_t l = 0; l < levels; ++l) {
     p[l] = preds[l].contiguous();
-    if (compute_grad) grads.push_back(at::empty(preds[l].sizes(), preds[l].options()));
+    if (compute_grad) obj_grads.push_back(at::empty(preds[l].sizes().slice(0, 4), preds[l].options()));
     assigned[l] = at::empty(preds[l].sizes().slice(0, 4), preds[l].options().dtype(at::kChar));
   }
+  at::Tensor rows =
+      // zeros: rows of targets without a prediction (padding, a shared cell's losers) are defined too
+      compute_grad ? at::zeros({n, max_boxes, values}, preds[0].options()) : at::empty({0}, preds[0].options());
+  at::Tensor row_slots = at::full({n, max_boxes, 2}, -1, preds[0].options().dtype(at::kLong));
   const at::Tensor c = counts.to(at::kLong).contiguous(), t = targets.to(acc).contiguous();
   const at::Tensor anc = anchors.to(acc).contiguous();
   at::Tensor partial = at::zeros({n, levels, yolo3::kTerms}, preds[0].options().dtype(acc));
@@ -99,11 +115,12 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> yolo_v3
   });
   FASTMTL_DISPATCH_BOXES(p[0].scalar_type(), "yolo_v3_loss_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    Views<scalar_t> v{{}, {}, {}, values};
+    Views<scalar_t> v{{}, {}, {}, compute_grad ? rows.mutable_data_ptr<scalar_t>() : nullptr,
+                      row_slots.mutable_data_ptr<int64_t>(), max_boxes, values};
     int64_t cells_total = 0;
     for (int64_t l = 0; l < levels; ++l) {
       v.pred.push_back(p[l].const_data_ptr<scalar_t>());
-      if (compute_grad) v.grad.push_back(grads[l].mutable_data_ptr<scalar_t>());
+      if (compute_grad) v.obj_grad.push_back(obj_grads[l].mutable_data_ptr<scalar_t>());
       v.assigned.push_back(assigned[l].mutable_data_ptr<int8_t>());
       cells_total += sd.anchors * int64_t(sd.grid_h[l]) * sd.grid_w[l];
     }
@@ -122,36 +139,51 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> yolo_v3
       }
     });
   });
-  return {partial.sum(1), grads, assigned};
+  return {partial.sum(1), obj_grads, assigned, rows, row_slots};
 }
 
-std::vector<at::Tensor> yolo_v3_loss_backward_cpu(const at::Tensor& grad_terms, at::TensorList grads,
-                                                  at::TensorList assigned) {
-  check_yolo_v3_grad(grad_terms, grads, assigned);
-  const at::Tensor gt = grad_terms.contiguous();
+std::vector<at::Tensor> yolo_v3_loss_backward_cpu(const at::Tensor& grad_terms, at::TensorList obj_grads,
+                                                  at::TensorList assigned, const at::Tensor& rows,
+                                                  const at::Tensor& row_slots) {
+  check_yolo_v3_grad(grad_terms, obj_grads, assigned, rows, row_slots);
+  const at::Tensor gt = grad_terms.contiguous(), r = rows.contiguous(), rs = row_slots.contiguous();
+  const int64_t values = rows.size(2), n = rows.size(0), max_boxes = rows.size(1);
   std::vector<at::Tensor> out;
-  for (size_t l = 0; l < grads.size(); ++l) {
-    const at::Tensor g = grads[l].contiguous(), a = assigned[l].contiguous();
-    at::Tensor o = at::empty(g.sizes(), g.options());
-    const int64_t values = g.size(4), per_image = a.numel() / std::max<int64_t>(g.size(0), 1);
-    FASTMTL_DISPATCH_BOXES(g.scalar_type(), "yolo_v3_loss_backward_cpu", [&] {
-      using T = at::opmath_type<scalar_t>;
+  FASTMTL_DISPATCH_BOXES(rows.scalar_type(), "yolo_v3_loss_backward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const T* tp = gt.const_data_ptr<T>();
+    std::vector<scalar_t*> dst;
+    for (size_t l = 0; l < obj_grads.size(); ++l) {  // every row: zeros but its objectness, in one pass
+      const at::Tensor g = obj_grads[l].contiguous(), a = assigned[l].contiguous();
+      std::vector<int64_t> shape(g.sizes().begin(), g.sizes().end());
+      shape.push_back(values);
+      at::Tensor o = at::empty(shape, g.options());
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       const int8_t* ap = a.const_data_ptr<int8_t>();
-      const T* tp = gt.const_data_ptr<T>();
       scalar_t* op = o.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, a.numel(), std::max<int64_t>(1, kValuesPerTask / values), [&](int64_t begin, int64_t end) {
+      const int64_t per_image = g.numel() / std::max<int64_t>(n, 1);
+      at::parallel_for(0, g.numel(), kValuesPerTask / 8, [&](int64_t begin, int64_t end) {
         for (int64_t slot = begin; slot < end; ++slot) {
           const T* scale = tp + yolo3::kTerms * (slot / per_image);
-          for (int64_t e = 0; e < values; ++e) {
-            const int64_t at = slot * values + e;
-            op[at] = static_cast<scalar_t>(static_cast<T>(gp[at]) * scale[yolo3::term_of(e, ap[slot] != 0)]);
-          }
+          std::fill_n(op + slot * values, values, scalar_t(0));
+          op[slot * values + 4] =
+              static_cast<scalar_t>(static_cast<T>(gp[slot]) * scale[ap[slot] ? yolo3::kObj : yolo3::kNoObj]);
         }
       });
-    });
-    out.push_back(o);
-  }
+      dst.push_back(op);
+      out.push_back(o);
+    }
+    const scalar_t* rp = r.const_data_ptr<scalar_t>();
+    const int64_t* sp = rs.const_data_ptr<int64_t>();
+    for (int64_t row = 0; row < n * max_boxes; ++row) {  // the assigned predictions' other values
+      if (sp[2 * row] < 0) continue;
+      const T* scale = tp + yolo3::kTerms * (row / max_boxes);
+      scalar_t* o = dst[sp[2 * row]] + sp[2 * row + 1] * values;
+      const scalar_t* g = rp + row * values;
+      for (int e = 0; e < 4; ++e) o[e] = static_cast<scalar_t>(static_cast<T>(g[e]) * scale[yolo3::kBox]);
+      for (int64_t e = 5; e < values; ++e) o[e] = static_cast<scalar_t>(static_cast<T>(g[e]) * scale[yolo3::kCls]);
+    }
+  });
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -30,10 +31,17 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxTargets = 2048;  // per image: their cells live in 32 KiB of shared memory
 
 template <typename scalar_t>
+struct DeviceOut {
+  scalar_t* grad[yolo3::kMaxLevels];
+};
+
+template <typename scalar_t>
 struct DeviceViews {
   const scalar_t* pred[yolo3::kMaxLevels];
-  scalar_t* grad[yolo3::kMaxLevels];  // null: no gradient
+  scalar_t* obj_grad[yolo3::kMaxLevels];  // null: no gradient
   int8_t* assigned[yolo3::kMaxLevels];
+  scalar_t* rows;      // [N, M, values] or null
+  int64_t* row_slots;  // [N, M, 2]
   int values;
 };
 
@@ -63,9 +71,15 @@ __global__ void yolo_v3_forward_kernel(DeviceViews<scalar_t> v, yolo3::Scales<at
       const yolo3::Slot<T> q = yolo3::slot_of(s, l, a, j, i);
       const int64_t k = yolo3::slot_owner(cells, count, l, a, i, j);
       const bool skip = k < 0 && yolo3::ignored(p, q, t, count, thr);
-      const bool assigned = yolo3::prediction_loss(p, v.values - 5, q, k >= 0 ? t + 5 * k : nullptr, skip, sums,
-                                                   v.grad[l] ? v.grad[l] + at * v.values : nullptr);
-      v.assigned[l][at] = assigned ? 1 : 0;
+      const int64_t row = img * max_boxes + k;  // target k's row, when k >= 0
+      const bool grad = v.obj_grad[l] != nullptr;
+      yolo3::prediction_loss(p, v.values - 5, q, k >= 0 ? t + 5 * k : nullptr, skip, sums,
+                             grad ? v.obj_grad[l] + at : nullptr, grad && k >= 0 ? v.rows + row * v.values : nullptr);
+      v.assigned[l][at] = k >= 0 ? 1 : 0;
+      if (k >= 0) {  // one prediction per target: no other thread writes this row
+        v.row_slots[2 * row] = l;
+        v.row_slots[2 * row + 1] = at;
+      }
     }
     for (int term = 0; term < yolo3::kTerms; ++term) {
       const T total = BlockSum(storage).Sum(sums[term]);  // valid in thread 0
@@ -75,30 +89,58 @@ __global__ void yolo_v3_forward_kernel(DeviceViews<scalar_t> v, yolo3::Scales<at
   }
 }
 
+// Every value of out: the objectness one scaled by its term, the others zero (the assigned
+// predictions' rows are written after).
 template <typename scalar_t>
-__global__ void yolo_v3_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_terms,
-                                        const scalar_t* __restrict__ grad, const int8_t* __restrict__ assigned,
-                                        int64_t total, int64_t values, int64_t slots_per_image,
-                                        scalar_t* __restrict__ out) {
+__global__ void yolo_v3_backward_obj_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_terms,
+                                            const scalar_t* __restrict__ obj_grad, const int8_t* __restrict__ assigned,
+                                            int64_t total, int64_t values, int64_t slots_per_image,
+                                            scalar_t* __restrict__ out) {
   using T = at::opmath_type<scalar_t>;
   for (int64_t at = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; at < total; at += int64_t(gridDim.x) * blockDim.x) {
     const int64_t slot = at / values;
-    const T scale = grad_terms[yolo3::kTerms * (slot / slots_per_image) + yolo3::term_of(at % values, assigned[slot] != 0)];
-    out[at] = static_cast<scalar_t>(static_cast<T>(grad[at]) * scale);
+    if (at % values != 4) {
+      out[at] = scalar_t(0);
+      continue;
+    }
+    const T scale = grad_terms[yolo3::kTerms * (slot / slots_per_image) + (assigned[slot] ? yolo3::kObj : yolo3::kNoObj)];
+    out[at] = static_cast<scalar_t>(static_cast<T>(obj_grad[slot]) * scale);
+  }
+}
+
+// The other values of the assigned predictions: thread e of a row's block strides over them.
+template <typename scalar_t>
+__global__ void yolo_v3_backward_rows_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_terms,
+                                             const scalar_t* __restrict__ rows, const int64_t* __restrict__ row_slots,
+                                             int64_t total_rows, int64_t max_boxes, int64_t values, int levels,
+                                             DeviceOut<scalar_t> out) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t row = blockIdx.x; row < total_rows; row += gridDim.x) {
+    const int64_t level = row_slots[2 * row];
+    if (level < 0 || level >= levels) continue;
+    const T* scale = grad_terms + yolo3::kTerms * (row / max_boxes);
+    scalar_t* o = out.grad[level] + row_slots[2 * row + 1] * values;
+    for (int64_t e = threadIdx.x; e < values; e += blockDim.x) {
+      if (e == 4) continue;
+      o[e] = static_cast<scalar_t>(static_cast<T>(rows[row * values + e]) * scale[e < 4 ? yolo3::kBox : yolo3::kCls]);
+    }
   }
 }
 
 // Launchers are templates so that no <<<>>> sits inside an AT_DISPATCH lambda.
 template <typename scalar_t>
-void launch_forward(const std::vector<at::Tensor>& p, std::vector<at::Tensor>& grads, std::vector<at::Tensor>& assigned,
+void launch_forward(const std::vector<at::Tensor>& p, std::vector<at::Tensor>& obj_grads,
+                    std::vector<at::Tensor>& assigned, at::Tensor& rows, at::Tensor& row_slots,
                     const yolo3::Scales<double>& sd, const at::Tensor& anc, const at::Tensor& t, const at::Tensor& c,
                     double thr, at::Tensor& partial) {
   using T = at::opmath_type<scalar_t>;
   DeviceViews<scalar_t> v{};
   v.values = static_cast<int>(p[0].size(4));
+  v.rows = obj_grads.empty() ? nullptr : rows.mutable_data_ptr<scalar_t>();
+  v.row_slots = row_slots.mutable_data_ptr<int64_t>();
   for (size_t l = 0; l < p.size(); ++l) {
     v.pred[l] = p[l].const_data_ptr<scalar_t>();
-    v.grad[l] = grads.empty() ? nullptr : grads[l].mutable_data_ptr<scalar_t>();
+    v.obj_grad[l] = obj_grads.empty() ? nullptr : obj_grads[l].mutable_data_ptr<scalar_t>();
     v.assigned[l] = assigned[l].mutable_data_ptr<int8_t>();
   }
   const int64_t n = p[0].size(0), max_boxes = t.size(1);
@@ -111,52 +153,78 @@ void launch_forward(const std::vector<at::Tensor>& p, std::vector<at::Tensor>& g
 }
 
 template <typename scalar_t>
-void launch_backward(const at::Tensor& gt, const at::Tensor& g, const at::Tensor& a, at::Tensor& out) {
+void launch_backward(const at::Tensor& gt, const std::vector<at::Tensor>& obj, const std::vector<at::Tensor>& assigned,
+                     const at::Tensor& rows, const at::Tensor& row_slots, std::vector<at::Tensor>& out) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t total = g.numel(), values = g.size(4), per_image = a.numel() / std::max<int64_t>(g.size(0), 1);
-  yolo_v3_backward_kernel<scalar_t><<<grid_stride_blocks(total, kThreads), kThreads, 0,
-                                      c10::cuda::getCurrentCUDAStream()>>>(
-      gt.const_data_ptr<T>(), g.const_data_ptr<scalar_t>(), a.const_data_ptr<int8_t>(), total, values, per_image,
-      out.mutable_data_ptr<scalar_t>());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t values = rows.size(2), n = rows.size(0);
+  DeviceOut<scalar_t> dst{};
+  for (size_t l = 0; l < obj.size(); ++l) {
+    dst.grad[l] = out[l].mutable_data_ptr<scalar_t>();
+    const int64_t slots = obj[l].numel();
+    if (slots == 0) continue;
+    yolo_v3_backward_obj_kernel<scalar_t><<<grid_stride_blocks(slots * values, kThreads), kThreads, 0, stream>>>(
+        gt.const_data_ptr<T>(), obj[l].const_data_ptr<scalar_t>(), assigned[l].const_data_ptr<int8_t>(),
+        slots * values, values, slots / n, dst.grad[l]);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const int64_t total_rows = n * rows.size(1);
+  if (total_rows == 0) return;
+  yolo_v3_backward_rows_kernel<scalar_t><<<grid_stride_blocks(total_rows, 1), 128, 0, stream>>>(
+      gt.const_data_ptr<T>(), rows.const_data_ptr<scalar_t>(), row_slots.const_data_ptr<int64_t>(), total_rows,
+      rows.size(1), values, static_cast<int>(obj.size()), dst);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> yolo_v3_loss_cuda(
-    at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts, const at::Tensor& anchors,
-    at::ArrayRef<double> strides, double ignore_threshold, bool compute_grad) {
+using Outputs = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor>;
+
+Outputs yolo_v3_loss_cuda(at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts,
+                          const at::Tensor& anchors, at::ArrayRef<double> strides, double ignore_threshold,
+                          bool compute_grad) {
   const yolo3::Scales<double> sd = check_yolo_v3_args(preds, targets, counts, anchors, strides, ignore_threshold);
   TORCH_CHECK_VALUE(targets.size(1) <= kMaxTargets, "targets: at most ", kMaxTargets,
                     " rows per image on CUDA, got ", targets.size(1));
   const c10::cuda::CUDAGuard guard(preds[0].device());
   const auto acc = accumulate_type(preds[0].scalar_type());
-  const int64_t n = preds[0].size(0), levels = sd.levels;
-  std::vector<at::Tensor> p(levels), grads, assigned(levels);
+  const int64_t n = preds[0].size(0), levels = sd.levels, max_boxes = targets.size(1);
+  const int64_t values = preds[0].size(4);
+  std::vector<at::Tensor> p(levels), obj_grads, assigned(levels);
   for (int64_t l = 0; l < levels; ++l) {
     p[l] = preds[l].contiguous();
-    if (compute_grad) grads.push_back(at::empty(preds[l].sizes(), preds[l].options()));
+    if (compute_grad) obj_grads.push_back(at::empty(preds[l].sizes().slice(0, 4), preds[l].options()));
     assigned[l] = at::empty(preds[l].sizes().slice(0, 4), preds[l].options().dtype(at::kChar));
   }
+  at::Tensor rows =
+      // zeros: rows of targets without a prediction (padding, a shared cell's losers) are defined too
+      compute_grad ? at::zeros({n, max_boxes, values}, preds[0].options()) : at::empty({0}, preds[0].options());
+  at::Tensor row_slots = at::full({n, max_boxes, 2}, -1, preds[0].options().dtype(at::kLong));
   at::Tensor partial = at::zeros({n, levels, yolo3::kTerms}, preds[0].options().dtype(acc));
-  if (n == 0) return {partial.sum(1), grads, assigned};
+  if (n == 0) return {partial.sum(1), obj_grads, assigned, rows, row_slots};
   const at::Tensor c = counts.to(at::kLong).contiguous(), t = targets.to(acc).contiguous();
   const at::Tensor anc = anchors.to(acc).contiguous();
-  FASTMTL_DISPATCH_BOXES(p[0].scalar_type(), "yolo_v3_loss_cuda",
-                         [&] { launch_forward<scalar_t>(p, grads, assigned, sd, anc, t, c, ignore_threshold, partial); });
-  return {partial.sum(1), grads, assigned};
+  FASTMTL_DISPATCH_BOXES(p[0].scalar_type(), "yolo_v3_loss_cuda", [&] {
+    launch_forward<scalar_t>(p, obj_grads, assigned, rows, row_slots, sd, anc, t, c, ignore_threshold, partial);
+  });
+  return {partial.sum(1), obj_grads, assigned, rows, row_slots};
 }
 
-std::vector<at::Tensor> yolo_v3_loss_backward_cuda(const at::Tensor& grad_terms, at::TensorList grads,
-                                                   at::TensorList assigned) {
-  check_yolo_v3_grad(grad_terms, grads, assigned);
+std::vector<at::Tensor> yolo_v3_loss_backward_cuda(const at::Tensor& grad_terms, at::TensorList obj_grads,
+                                                   at::TensorList assigned, const at::Tensor& rows,
+                                                   const at::Tensor& row_slots) {
+  check_yolo_v3_grad(grad_terms, obj_grads, assigned, rows, row_slots);
   const c10::cuda::CUDAGuard guard(grad_terms.device());
-  const at::Tensor gt = grad_terms.contiguous();
-  std::vector<at::Tensor> out;
-  for (size_t l = 0; l < grads.size(); ++l) {
-    const at::Tensor g = grads[l].contiguous(), a = assigned[l].contiguous();
-    at::Tensor o = at::empty(g.sizes(), g.options());
-    if (o.numel() > 0) FASTMTL_DISPATCH_BOXES(g.scalar_type(), "yolo_v3_loss_backward_cuda", [&] { launch_backward<scalar_t>(gt, g, a, o); });
-    out.push_back(o);
+  const at::Tensor gt = grad_terms.contiguous(), r = rows.contiguous(), rs = row_slots.contiguous();
+  std::vector<at::Tensor> obj, as, out;
+  for (size_t l = 0; l < obj_grads.size(); ++l) {
+    obj.push_back(obj_grads[l].contiguous());
+    as.push_back(assigned[l].contiguous());
+    std::vector<int64_t> shape(obj_grads[l].sizes().begin(), obj_grads[l].sizes().end());
+    shape.push_back(rows.size(2));
+    out.push_back(at::empty(shape, obj_grads[l].options()));  // every value written by the kernels
   }
+  if (rows.size(0) > 0)
+    FASTMTL_DISPATCH_BOXES(r.scalar_type(), "yolo_v3_loss_backward_cuda",
+                           [&] { launch_backward<scalar_t>(gt, obj, as, r, rs, out); });
   return out;
 }
 
