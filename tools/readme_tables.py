@@ -87,9 +87,14 @@ def style_row(r: dict) -> tuple:
 
 
 def yolo_row(r: dict) -> tuple:
-    """batch, grid, boxes, classes: ``N64-S7-B2-C20`` -> ``64``, ``7×7``, ``2``, ``20``."""
-    n, side, b, c = re.fullmatch(r"N(\d+)-S(\d+)-B(\d+)-C(\d+)", r["size"]).groups()
-    return n, f"{side}×{side}", b, c
+    """op, batch, setting: ``N64-S7-B2-C20`` -> ``64``, ``S 7, B 2, C 20``; ``N16-416px-A3-C80-yolov5``
+    -> ``16``, ``416 px, 3 anchors, C 80, yolov5 rules``."""
+    v1 = re.fullmatch(r"N(\d+)-S(\d+)-B(\d+)-C(\d+)", r["size"])
+    if v1:
+        return r["op"], v1[1], f"S {v1[2]}, B {v1[3]}, C {v1[4]}"
+    n, px, a, c, v5 = re.fullmatch(r"N(\d+)-(\d+)px-A(\d+)-C(\d+)(-yolov5)?", r["size"]).groups()
+    rules = "yolov5 rules" if v5 else "YOLOv3 rules"
+    return r["op"], n, f"{px} px, {a} anchors, C {c}, {rules}"
 
 
 def coco_row(r: dict) -> tuple:
@@ -177,6 +182,20 @@ BLOCKS = {
         results="benchmarks/results/bench-cpu-20261123T135934Z.json",
         ops=("gram_matrix",),
         providers=("bmm", "compile"),
+    ),
+    "bench-cpu-yolo": Table(
+        results="benchmarks/results/bench-cpu-20261126T033940Z.json",
+        ops=("yolo_v1_loss", "yolo_anchor_loss"),
+        columns=("op", "batch", "setting"),
+        label=yolo_row,
+        providers=("fastmtl", "eager", "compile", "yolov5"),
+    ),
+    "bench-cpu-coco": Table(
+        results="benchmarks/results/bench-cpu-20261126T033219Z.json",
+        ops=("coco_evaluate",),
+        columns=("images", "detections / image", "classes"),
+        label=coco_row,
+        providers=("fastmtl", "fastmtl-json", "faster-coco-eval", "pycocotools"),
     ),
     "demo-detection": DetectionDemo(results="docs/results/demo-detection.json"),
     "demo-yolo": DetectionDemo(results="docs/results/demo-yolo.json"),
