@@ -287,18 +287,25 @@ def write_detection_results(path, config, result, seconds: float, command: str) 
     write_demo_results(path, "detection", config, DetectionConfig(), figures, seconds, command)
 
 
+def _demo_overrides(args) -> Optional[dict]:
+    """The config overrides of a training demo's arguments, or None (after a message) when bad."""
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("fastmtl demo: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return None
+    if args.steps is not None and args.steps < 1:
+        print("fastmtl demo: --steps must be >= 1", file=sys.stderr)
+        return None
+    return {"steps": args.steps} if args.steps is not None else {}
+
+
 def _demo_detection(args, argv: Optional[list] = None) -> int:
     import shlex
     import time
 
     from fastmtl.pipelines.detection import DetectionConfig, train_detector
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("fastmtl demo: --device cuda but torch sees no CUDA device", file=sys.stderr)
-        return 2
-    overrides = {"steps": args.steps} if args.steps is not None else {}
-    if overrides.get("steps", 1) < 1:
-        print("fastmtl demo: --steps must be >= 1", file=sys.stderr)
+    overrides = _demo_overrides(args)
+    if overrides is None:
         return 2
     config = DetectionConfig(
         seed=args.seed,
@@ -336,12 +343,8 @@ def _demo_yolo(args, argv: Optional[list] = None) -> int:
 
     from fastmtl.pipelines.yolo import YOLOConfig, train_yolo
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("fastmtl demo: --device cuda but torch sees no CUDA device", file=sys.stderr)
-        return 2
-    overrides = {"steps": args.steps} if args.steps is not None else {}
-    if overrides.get("steps", 1) < 1:
-        print("fastmtl demo: --steps must be >= 1", file=sys.stderr)
+    overrides = _demo_overrides(args)
+    if overrides is None:
         return 2
     config = YOLOConfig(
         seed=args.seed,

@@ -57,7 +57,7 @@ elif [ ! -x "$SANITIZER" ]; then
     | tee "$OUT/sanitizer-skipped.txt"
 else
   budget=${GPU_CHECK_SANITIZER_S:-240}
-  subset="cpu_and_cuda_agree or cuda_edge or cuda_large or out_of_range or deterministic_backward or non_contiguous"
+  subset="cpu_and_cuda_agree or cuda_matches_cpu or cuda_edge or cuda_large or out_of_range or deterministic_backward or non_contiguous"
   for spec in "memcheck:$((budget * 3 / 5)):" "racecheck:$((budget / 5)):kns=fastmtl" "synccheck:$((budget / 5)):kns=fastmtl"; do
     IFS=: read -r tool limit kernels <<< "$spec"
     args=(--tool "$tool" --error-exitcode 86 --print-limit 100 --log-file "$OUT/sanitizer-$tool.txt")
@@ -65,7 +65,7 @@ else
     [ "$tool" = racecheck ] && args+=(--racecheck-report hazard)
     rc=0
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONPATH=$PWD timeout -k 10 "$limit" "$SANITIZER" "${args[@]}" \
-      "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/ops -k "$subset" \
+      "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/ops tests/losses -k "$subset" \
       > "$OUT/sanitizer-$tool-pytest.txt" 2>&1 || rc=$?
     case $rc in
       0) echo "$tool: clean ($(tail -1 "$OUT/sanitizer-$tool-pytest.txt"))" ;;

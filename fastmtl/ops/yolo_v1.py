@@ -179,16 +179,7 @@ def check_op_args(pred, targets, counts, num_boxes, num_classes, lambda_coord, l
             f"pred: a grid of {pred.shape[1]} x {pred.shape[2]} cells is too large: sides below 2^30"
         )
     n = pred.shape[0]
-    if targets.dim() != 3 or targets.shape[0] != n or targets.shape[2] != 5:
-        raise InputError(
-            f"targets must have shape [{n}, max_boxes, 5] (class, cx, cy, w, h), got {list(targets.shape)}"
-        )
-    if not targets.is_floating_point():
-        raise InputError(f"targets must be a floating-point tensor, got {targets.dtype}")
-    if counts.dim() != 1 or counts.shape[0] != n:
-        raise InputError(f"counts must have shape [{n}], got {list(counts.shape)}")
-    if counts.dtype not in (torch.int64, torch.int32):
-        raise InputError(f"counts must be int64 or int32, got {counts.dtype}")
+    check_padded_targets(targets, counts, n)
     if targets.device != pred.device or counts.device != pred.device:
         raise InputError(
             f"targets and counts must be on the device of pred, got {targets.device}, {counts.device} "
@@ -199,6 +190,21 @@ def check_op_args(pred, targets, counts, num_boxes, num_classes, lambda_coord, l
             raise InputError(f"{name} must be finite and >= 0, got {v}")
     check_choice("wh", wh, WH_MODES)
     check_choice("conf_target", conf_target, CONF_TARGETS)
+
+
+def check_padded_targets(targets, counts, n: int) -> None:
+    """Shapes and dtypes of padded YOLO targets ``[N, M, 5]`` and their ``counts [N]`` (the YOLO
+    losses' shared form; the C++ checks say the same)."""
+    if targets.dim() != 3 or targets.shape[0] != n or targets.shape[2] != 5:
+        raise InputError(
+            f"targets must have shape [{n}, max_boxes, 5] (class, cx, cy, w, h), got {list(targets.shape)}"
+        )
+    if not targets.is_floating_point():
+        raise InputError(f"targets must be a floating-point tensor, got {targets.dtype}")
+    if counts.dim() != 1 or counts.shape[0] != n:
+        raise InputError(f"counts must have shape [{n}], got {list(counts.shape)}")
+    if counts.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"counts must be int64 or int32, got {counts.dtype}")
 
 
 def _register() -> None:

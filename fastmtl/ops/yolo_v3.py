@@ -18,6 +18,7 @@ from torch import Tensor
 from fastmtl._ext import has_compiled_ops
 from fastmtl.ops._checks import InputError
 from fastmtl.ops._reference import compute_dtype
+from fastmtl.ops.yolo_v1 import check_padded_targets
 
 __all__ = ["TERMS", "check_op_args", "yolo_v3_terms"]
 
@@ -74,16 +75,7 @@ def check_op_args(preds, targets, counts, anchors, strides, ignore_threshold) ->
                 f"preds[{i}]: a grid of {p.shape[2]} x {p.shape[3]} is too large: sides below 2^30"
             )
     n, levels = p0.shape[0], len(preds)
-    if targets.dim() != 3 or targets.shape[0] != n or targets.shape[2] != 5:
-        raise InputError(
-            f"targets must have shape [{n}, max_boxes, 5] (class, cx, cy, w, h), got {list(targets.shape)}"
-        )
-    if not targets.is_floating_point():
-        raise InputError(f"targets must be a floating-point tensor, got {targets.dtype}")
-    if counts.dim() != 1 or counts.shape[0] != n:
-        raise InputError(f"counts must have shape [{n}], got {list(counts.shape)}")
-    if counts.dtype not in (torch.int64, torch.int32):
-        raise InputError(f"counts must be int64 or int32, got {counts.dtype}")
+    check_padded_targets(targets, counts, n)
     if anchors.dim() != 3 or tuple(anchors.shape) != (levels, p0.shape[1], 2):
         raise InputError(f"anchors must have shape [{levels}, {p0.shape[1]}, 2], got {list(anchors.shape)}")
     if not anchors.is_floating_point():
