@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace fastmtl {
 namespace ops {
@@ -142,6 +143,37 @@ inline std::tuple<at::Tensor, at::Tensor> coco_evaluate(
       detail::op<Out(T, T, T, T, T, T, T, T, T, T, T, T, c10::IntArrayRef, int64_t, int64_t)>("fastmtl::coco_evaluate");
   return op.call(det_boxes, det_scores, det_labels, det_images, gt_boxes, gt_labels, gt_images, gt_iscrowd, gt_areas,
                  iou_thresholds, recall_thresholds, area_ranges, max_dets, num_images, num_classes);
+}
+
+// The YOLOv1 loss of pred [N, S, S, 5B + C] against targets [N, M, 5] (class, cx, cy, w, h image
+// fractions; the first counts[n] real): (terms [N, 5] = coord, size, obj, noobj, class; the
+// gradient of their sum, or empty; the responsible predictor per cell, int8). The rules are in
+// fastmtl/ops/yolo_v1.py; wh "sqrt" or "signed_sqrt", conf_target "iou" or "one".
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> yolo_v1_loss(
+    const at::Tensor& pred, const at::Tensor& targets, const at::Tensor& counts, int64_t num_boxes = 2,
+    int64_t num_classes = 20, double lambda_coord = 5.0, double lambda_noobj = 0.5, c10::string_view wh = "sqrt",
+    c10::string_view conf_target = "iou", bool compute_grad = false) {
+  using T = const at::Tensor&;
+  using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+  static const auto op =
+      detail::op<Out(T, T, T, int64_t, int64_t, double, double, c10::string_view, c10::string_view, bool)>(
+          "fastmtl::yolo_v1_loss");
+  return op.call(pred, targets, counts, num_boxes, num_classes, lambda_coord, lambda_noobj, wh, conf_target,
+                 compute_grad);
+}
+
+// The anchor-based YOLO loss, YOLOv3 rules with the "mse" box term, of preds (one [N, A, H, W,
+// 5 + C] per scale) with anchors [L, A, 2] in pixels and strides [L]: (terms [N, 4] = box, obj,
+// noobj, cls; then the compact gradient: objectness per prediction, assigned flags, the assigned
+// rows and their slots). The rules are in fastmtl/ops/_yolo_anchor_reference.py (mode "v3").
+inline std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor> yolo_v3_loss(
+    at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts, const at::Tensor& anchors,
+    at::ArrayRef<double> strides, double ignore_threshold = 0.5, bool compute_grad = false) {
+  using T = const at::Tensor&;
+  using Out = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor>;
+  static const auto op =
+      detail::op<Out(at::TensorList, T, T, T, at::ArrayRef<double>, double, bool)>("fastmtl::yolo_v3_loss");
+  return op.call(preds, targets, counts, anchors, strides, ignore_threshold, compute_grad);
 }
 
 }  // namespace ops
