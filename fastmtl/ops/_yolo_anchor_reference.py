@@ -154,6 +154,10 @@ def _check(preds, targets, counts, anchors, strides, mode, box_loss, reduction) 
     for i, p in enumerate(preds):
         if p.dim() != 5 or p.shape[0] != n or p.shape[1] != na or p.shape[-1] != c or c < 5:
             raise ValueError(f"preds[{i}] must be [N, A, H, W, 5 + C] like preds[0], got {tuple(p.shape)}")
+        if p.shape[2] < 1 or p.shape[3] < 1:
+            raise ValueError(
+                f"preds[{i}]: a grid of {p.shape[2]} x {p.shape[3]} cells: each side must be >= 1"
+            )
         if not p.is_floating_point() or p.dtype != preds[0].dtype:
             raise ValueError(f"preds[{i}] must be floating, of one dtype, got {p.dtype}")
     if anchors.shape != (len(preds), na, 2):

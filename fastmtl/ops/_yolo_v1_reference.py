@@ -70,6 +70,7 @@ def yolo_v1_terms(
     """The per-image terms ``[N, 5]`` (coord, size, obj, noobj, class) of
     :func:`fastmtl.ops.yolo_v1_loss`, differentiable with respect to ``pred``."""
     dt = compute_dtype(pred.dtype)
+    lambda_coord, lambda_noobj = float(lambda_coord), float(lambda_noobj)  # an int past 2^63 too
     n, grid_h, grid_w, _ = pred.shape
     cells, b = grid_h * grid_w, num_boxes
     p = pred.to(dt).reshape(n, cells, pred.shape[3])  # not -1: a grid of no cells is valid

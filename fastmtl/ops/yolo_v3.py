@@ -70,9 +70,10 @@ def check_op_args(preds, targets, counts, anchors, strides, ignore_threshold) ->
             raise InputError(
                 f"preds[{i}] must have the dtype and device of preds[0], got {p.dtype} on {p.device}"
             )
-        if p.shape[2] >= 2**30 or p.shape[3] >= 2**30:
+        if not (1 <= p.shape[2] < 2**30 and 1 <= p.shape[3] < 2**30):
             raise InputError(
-                f"preds[{i}]: a grid of {p.shape[2]} x {p.shape[3]} is too large: sides below 2^30"
+                f"preds[{i}]: a grid of {p.shape[2]} x {p.shape[3]} cells: sides from 1 to 2^30 - 1 "
+                "(a target may be assigned to any scale)"
             )
     n, levels = p0.shape[0], len(preds)
     check_padded_targets(targets, counts, n)

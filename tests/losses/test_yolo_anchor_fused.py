@@ -120,6 +120,11 @@ def test_double_backward_raises(gen):
         (lambda a: a.update(strides=(8, 16)), "strides"),
         (lambda a: a.update(preds=[a["preds"][0], a["preds"][1][..., :-1], a["preds"][2]]), "preds\\[1\\]"),
         (lambda a: a.update(preds=[p.int() for p in a["preds"]]), "preds\\[0\\] must be float"),
+        # a scale without cells: a target assigned to it would vanish (found by the property suite)
+        (
+            lambda a: a.update(preds=[a["preds"][0], a["preds"][1][:, :, :0], a["preds"][2]]),
+            "preds\\[1\\]: a grid",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(change, match, gen):

@@ -313,3 +313,14 @@ def test_a_grid_without_cells(gen, monkeypatch):
         out = F.yolo_v1_loss(pred, targets, counts, 2, 4)
         assert out["total"].item() == 0
         out["total"].backward()
+
+
+def test_huge_integer_weights_match_the_reference(gen, monkeypatch):
+    """Found by the property suite: the reference overflowed on lambda_coord = 2**70 (an int)."""
+    import fastmtl.ops.yolo_v1 as module
+
+    pred, targets, counts = yolo_v1_inputs(gen, 2, dtype=torch.float64)
+    want = F.yolo_v1_loss(pred, targets, counts, 2, 4, 2**70, 1)
+    monkeypatch.setattr(module, "use_compiled", lambda *a, **k: False)
+    got = F.yolo_v1_loss(pred, targets, counts, 2, 4, 2**70, 1)
+    torch.testing.assert_close(_terms(got), _terms(want))

@@ -27,8 +27,10 @@ yolo3::Scales<double> check_yolo_v3_args(at::TensorList preds, const at::Tensor&
                 "] like preds[0], got ", p.sizes());
     TORCH_CHECK(p.scalar_type() == p0.scalar_type() && p.device() == p0.device(), "preds[", l,
                 "] must have the dtype and device of preds[0], got ", p.scalar_type(), " on ", p.device());
-    TORCH_CHECK_VALUE(p.size(2) < (int64_t(1) << 30) && p.size(3) < (int64_t(1) << 30), "preds[", l,
-                      "]: a grid of ", p.size(2), " x ", p.size(3), " is too large: sides below 2^30");
+    TORCH_CHECK_VALUE(p.size(2) >= 1 && p.size(3) >= 1 && p.size(2) < (int64_t(1) << 30) &&
+                          p.size(3) < (int64_t(1) << 30),
+                      "preds[", l, "]: a grid of ", p.size(2), " x ", p.size(3),
+                      " cells: sides from 1 to 2^30 - 1 (a target may be assigned to any scale)");
     s.grid_h[l] = static_cast<int>(p.size(2));
     s.grid_w[l] = static_cast<int>(p.size(3));
   }
