@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from fastmtl._ext import use_compiled
 from fastmtl.ops import yolo_v1 as F
 from fastmtl.ops._checks import check_choice, check_reduction
+from fastmtl.ops._reference import compute_dtype
 from fastmtl.ops._yolo_anchor_reference import YOLOV5_ANCHORS, YOLOV5_STRIDES, yolo_anchor_loss_reference
 from fastmtl.ops.yolo_v3 import TERMS, yolo_v3_terms
 
@@ -99,6 +100,8 @@ def yolo_anchor_loss(
     if reduction == "none":
         raise ValueError("Invalid value for reduction: expected 'mean' or 'sum'")
     anchors = torch.as_tensor(anchors, device=preds[0].device)
+    if not anchors.is_floating_point():  # pixels as ints (yolov5's yaml), as the reference takes them
+        anchors = anchors.to(compute_dtype(preds[0].dtype))
     terms = yolo_v3_terms(preds, targets, counts, anchors, strides, ignore_threshold).sum(0)
     if reduction == "mean":
         terms = terms / max(preds[0].shape[0], 1)

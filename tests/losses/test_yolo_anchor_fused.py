@@ -101,6 +101,26 @@ def test_opcheck_and_compile(gen):
     torch.testing.assert_close(compiled(*preds), total(*preds))
 
 
+def test_under_autocast_the_loss_stays_in_float32(gen):
+    """No autocast rule is needed: the kernel takes any float dtype and accumulates in float32."""
+    preds, t, counts = make(gen, n=2, dtype=torch.float32)
+    want = yolo_anchor_loss(preds, t, counts, ANCHORS, YOLOV5_STRIDES)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = yolo_anchor_loss(preds, t, counts, ANCHORS, YOLOV5_STRIDES)
+    for k in KEYS:
+        assert got[k].dtype == torch.float32
+        torch.testing.assert_close(got[k], want[k])
+
+
+def test_integer_anchors_as_the_reference_takes_them(gen):
+    preds, t, counts = make(gen, n=2)
+    for anchors in (torch.tensor(YOLOV5_ANCHORS), YOLOV5_ANCHORS):
+        got = yolo_anchor_loss(preds, t, counts, anchors, YOLOV5_STRIDES)
+        torch.testing.assert_close(
+            got["total"], yolo_anchor_loss(preds, t, counts, ANCHORS, YOLOV5_STRIDES)["total"]
+        )
+
+
 def test_double_backward_raises(gen):
     preds, t, counts = make(gen, n=1)
     ps = [p.clone().requires_grad_() for p in preds]

@@ -12,7 +12,9 @@ import torch
 
 import fastmtl
 import fastmtl.ops as F
-from tests.utils import compiled_only
+from fastmtl.losses import yolo_anchor_loss
+from fastmtl.ops._yolo_anchor_reference import YOLOV5_ANCHORS, YOLOV5_STRIDES
+from tests.utils import compiled_only, yolo_v1_inputs
 
 pytestmark = [
     compiled_only,
@@ -54,6 +56,12 @@ def _hot_path_calls():
     p, t = boxes(64).requires_grad_(), boxes(64)
     pyramid = {"a": feats(2, 8, 32, 32), "b": feats(2, 8, 16, 16)}
     target = F.gram_matrix(feats(1, 8, 32, 32), normalize=False)[0]
+    yolo_pred, yolo_targets, yolo_counts = (
+        t.cuda() for t in yolo_v1_inputs(torch.Generator().manual_seed(0), 2, (7, 7), 2, 4, max_boxes=3)
+    )
+    yolo_pred.requires_grad_()
+    anchor_preds = [feats(2, 3, s, s, 9).requires_grad_() for s in (8, 4, 2)]
+    anchors = torch.tensor(YOLOV5_ANCHORS, device="cuda")
     return {
         "box_iou": lambda: F.box_iou(p, t),
         "generalized_box_iou": lambda: F.generalized_box_iou(p, t),
@@ -73,13 +81,17 @@ def _hot_path_calls():
         "style_loss": lambda: F.style_loss(x, target),
         "content_loss": lambda: F.content_loss(x, x.detach() + 1),
         "multiclass_nms": lambda: F.multiclass_nms(boxes(300, 2), feats(2, 300, 5).sigmoid(), 0.5, 0.1, 50),
+        "yolo_v1_loss": lambda: F.yolo_v1_loss(yolo_pred, yolo_targets, yolo_counts, 2, 4)["total"],
+        "yolo_anchor_loss": lambda: yolo_anchor_loss(
+            anchor_preds, yolo_targets, yolo_counts, anchors, YOLOV5_STRIDES
+        )["total"],
     }
 
 
 HOT_PATH = [
     "box_iou", "generalized_box_iou", "complete_box_iou", "giou_loss", "ciou_loss", "box_area", "box_convert",
     "roi_align", "roi_align_deterministic", "roi_pool", "roi_align_list", "multiscale_roi_align",
-    "gram_matrix", "style_loss", "content_loss", "multiclass_nms",
+    "gram_matrix", "style_loss", "content_loss", "multiclass_nms", "yolo_v1_loss", "yolo_anchor_loss",
 ]  # fmt: skip
 
 

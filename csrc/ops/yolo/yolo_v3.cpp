@@ -1,6 +1,9 @@
 // Schemas and argument checks of the fused anchor-based YOLO loss.
 #include "yolo_v3.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -58,6 +61,27 @@ yolo3::Scales<double> check_yolo_v3_args(at::TensorList preds, const at::Tensor&
   }
   TORCH_CHECK_VALUE(!std::isnan(ignore_threshold), "ignore_threshold must not be NaN");
   return s;
+}
+
+YoloV3Buffers yolo_v3_buffers(at::TensorList preds, int64_t max_boxes, bool compute_grad) {
+  const auto opts = preds[0].options();
+  const int64_t n = preds[0].size(0), values = preds[0].size(4), levels = static_cast<int64_t>(preds.size());
+  YoloV3Buffers b;
+  for (const at::Tensor& p : preds) {
+    b.preds.push_back(p.contiguous());
+    if (compute_grad) b.obj_grads.push_back(at::empty(p.sizes().slice(0, 4), opts));
+    b.assigned.push_back(at::empty(p.sizes().slice(0, 4), opts.dtype(at::kChar)));
+  }
+  b.rows = compute_grad ? at::zeros({n, max_boxes, values}, opts) : at::empty({0}, opts);
+  b.row_slots = at::full({n, max_boxes, 2}, -1, opts.dtype(at::kLong));
+  b.partial = at::zeros({n, levels, yolo3::kTerms}, opts.dtype(accumulate_type(preds[0].scalar_type())));
+  return b;
+}
+
+at::Tensor empty_prediction_grad(const at::Tensor& obj_grad, int64_t values) {
+  std::vector<int64_t> shape(obj_grad.sizes().begin(), obj_grad.sizes().end());
+  shape.push_back(values);
+  return at::empty(shape, obj_grad.options());
 }
 
 void check_yolo_v3_grad(const at::Tensor& grad_terms, at::TensorList obj_grads, at::TensorList assigned,

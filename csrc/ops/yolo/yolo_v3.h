@@ -15,6 +15,19 @@ yolo3::Scales<double> check_yolo_v3_args(at::TensorList preds, const at::Tensor&
                                          const at::Tensor& anchors, at::ArrayRef<double> strides,
                                          double ignore_threshold);
 
+// The forward's inputs made contiguous and its outputs allocated, shared by the CPU and CUDA
+// kernels: preds (contiguous), obj_grads and assigned ([N, A, H, W] per scale; no obj_grads
+// without compute_grad), rows [N, M, 5 + C] (zeros: rows no prediction reaches are defined too),
+// row_slots [N, M, 2] (-1), partial [N, L, 4] per-scale terms (zeros).
+struct YoloV3Buffers {
+  std::vector<at::Tensor> preds, obj_grads, assigned;
+  at::Tensor rows, row_slots, partial;
+};
+YoloV3Buffers yolo_v3_buffers(at::TensorList preds, int64_t max_boxes, bool compute_grad);
+
+// An uninitialized gradient of one scale's predictions, [N, A, H, W, values], for obj_grad [N, A, H, W].
+at::Tensor empty_prediction_grad(const at::Tensor& obj_grad, int64_t values);
+
 // Checks the backward's saved tensors (the compact gradient) against the incoming gradient of the
 // terms [N, 4].
 void check_yolo_v3_grad(const at::Tensor& grad_terms, at::TensorList obj_grads, at::TensorList assigned,

@@ -96,38 +96,29 @@ Outputs yolo_v3_loss_cpu(at::TensorList preds, const at::Tensor& targets, const 
   const auto acc = accumulate_type(preds[0].scalar_type());
   const int64_t n = preds[0].size(0), levels = sd.levels, max_boxes = targets.size(1);
   const int values = static_cast<int>(preds[0].size(4));
-  std::vector<at::Tensor> p(levels), obj_grads, assigned(levels);
-  for (int64_t l = 0; l < levels; ++l) {
-    p[l] = preds[l].contiguous();
-    if (compute_grad) obj_grads.push_back(at::empty(preds[l].sizes().slice(0, 4), preds[l].options()));
-    assigned[l] = at::empty(preds[l].sizes().slice(0, 4), preds[l].options().dtype(at::kChar));
-  }
-  at::Tensor rows =
-      // zeros: rows of targets without a prediction (padding, a shared cell's losers) are defined too
-      compute_grad ? at::zeros({n, max_boxes, values}, preds[0].options()) : at::empty({0}, preds[0].options());
-  at::Tensor row_slots = at::full({n, max_boxes, 2}, -1, preds[0].options().dtype(at::kLong));
+  YoloV3Buffers b = yolo_v3_buffers(preds, max_boxes, compute_grad);
+  const std::vector<at::Tensor>& p = b.preds;
   const at::Tensor c = counts.to(at::kLong).contiguous(), t = targets.to(acc).contiguous();
   const at::Tensor anc = anchors.to(acc).contiguous();
-  at::Tensor partial = at::zeros({n, levels, yolo3::kTerms}, preds[0].options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "yolo_v3_check_values", [&] {
     check_values(t.const_data_ptr<scalar_t>(), c.const_data_ptr<int64_t>(), n, max_boxes, values - 5,
                  anc.const_data_ptr<scalar_t>(), anc.numel());
   });
   FASTMTL_DISPATCH_BOXES(p[0].scalar_type(), "yolo_v3_loss_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    Views<scalar_t> v{{}, {}, {}, compute_grad ? rows.mutable_data_ptr<scalar_t>() : nullptr,
-                      row_slots.mutable_data_ptr<int64_t>(), max_boxes, values};
+    Views<scalar_t> v{{}, {}, {}, compute_grad ? b.rows.mutable_data_ptr<scalar_t>() : nullptr,
+                      b.row_slots.mutable_data_ptr<int64_t>(), max_boxes, values};
     int64_t cells_total = 0;
     for (int64_t l = 0; l < levels; ++l) {
       v.pred.push_back(p[l].const_data_ptr<scalar_t>());
-      if (compute_grad) v.obj_grad.push_back(obj_grads[l].mutable_data_ptr<scalar_t>());
-      v.assigned.push_back(assigned[l].mutable_data_ptr<int8_t>());
+      if (compute_grad) v.obj_grad.push_back(b.obj_grads[l].mutable_data_ptr<scalar_t>());
+      v.assigned.push_back(b.assigned[l].mutable_data_ptr<int8_t>());
       cells_total += sd.anchors * int64_t(sd.grid_h[l]) * sd.grid_w[l];
     }
     const yolo3::Scales<T> s = scales_as<T>(sd, anc.const_data_ptr<T>());
     const T* tp = t.const_data_ptr<T>();
     const int64_t* cp = c.const_data_ptr<int64_t>();
-    T* out = partial.mutable_data_ptr<T>();
+    T* out = b.partial.mutable_data_ptr<T>();
     const int64_t per_image = std::max<int64_t>(cells_total * values, 1);
     const int64_t grain = std::max<int64_t>(1, kValuesPerTask * levels / per_image);
     at::parallel_for(0, n * levels, grain, [&](int64_t begin, int64_t end) {
@@ -139,7 +130,7 @@ Outputs yolo_v3_loss_cpu(at::TensorList preds, const at::Tensor& targets, const 
       }
     });
   });
-  return {partial.sum(1), obj_grads, assigned, rows, row_slots};
+  return {b.partial.sum(1), b.obj_grads, b.assigned, b.rows, b.row_slots};
 }
 
 std::vector<at::Tensor> yolo_v3_loss_backward_cpu(const at::Tensor& grad_terms, at::TensorList obj_grads,
@@ -155,9 +146,7 @@ std::vector<at::Tensor> yolo_v3_loss_backward_cpu(const at::Tensor& grad_terms, 
     std::vector<scalar_t*> dst;
     for (size_t l = 0; l < obj_grads.size(); ++l) {  // every row: zeros but its objectness, in one pass
       const at::Tensor g = obj_grads[l].contiguous(), a = assigned[l].contiguous();
-      std::vector<int64_t> shape(g.sizes().begin(), g.sizes().end());
-      shape.push_back(values);
-      at::Tensor o = at::empty(shape, g.options());
+      at::Tensor o = empty_prediction_grad(g, values);
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       const int8_t* ap = a.const_data_ptr<int8_t>();
       scalar_t* op = o.mutable_data_ptr<scalar_t>();

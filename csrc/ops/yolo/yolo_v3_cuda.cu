@@ -186,26 +186,16 @@ Outputs yolo_v3_loss_cuda(at::TensorList preds, const at::Tensor& targets, const
                     " rows per image on CUDA, got ", targets.size(1));
   const c10::cuda::CUDAGuard guard(preds[0].device());
   const auto acc = accumulate_type(preds[0].scalar_type());
-  const int64_t n = preds[0].size(0), levels = sd.levels, max_boxes = targets.size(1);
-  const int64_t values = preds[0].size(4);
-  std::vector<at::Tensor> p(levels), obj_grads, assigned(levels);
-  for (int64_t l = 0; l < levels; ++l) {
-    p[l] = preds[l].contiguous();
-    if (compute_grad) obj_grads.push_back(at::empty(preds[l].sizes().slice(0, 4), preds[l].options()));
-    assigned[l] = at::empty(preds[l].sizes().slice(0, 4), preds[l].options().dtype(at::kChar));
-  }
-  at::Tensor rows =
-      // zeros: rows of targets without a prediction (padding, a shared cell's losers) are defined too
-      compute_grad ? at::zeros({n, max_boxes, values}, preds[0].options()) : at::empty({0}, preds[0].options());
-  at::Tensor row_slots = at::full({n, max_boxes, 2}, -1, preds[0].options().dtype(at::kLong));
-  at::Tensor partial = at::zeros({n, levels, yolo3::kTerms}, preds[0].options().dtype(acc));
-  if (n == 0) return {partial.sum(1), obj_grads, assigned, rows, row_slots};
+  const int64_t n = preds[0].size(0), max_boxes = targets.size(1);
+  YoloV3Buffers b = yolo_v3_buffers(preds, max_boxes, compute_grad);
+  if (n == 0) return {b.partial.sum(1), b.obj_grads, b.assigned, b.rows, b.row_slots};
   const at::Tensor c = counts.to(at::kLong).contiguous(), t = targets.to(acc).contiguous();
   const at::Tensor anc = anchors.to(acc).contiguous();
-  FASTMTL_DISPATCH_BOXES(p[0].scalar_type(), "yolo_v3_loss_cuda", [&] {
-    launch_forward<scalar_t>(p, obj_grads, assigned, rows, row_slots, sd, anc, t, c, ignore_threshold, partial);
+  FASTMTL_DISPATCH_BOXES(b.preds[0].scalar_type(), "yolo_v3_loss_cuda", [&] {
+    launch_forward<scalar_t>(b.preds, b.obj_grads, b.assigned, b.rows, b.row_slots, sd, anc, t, c, ignore_threshold,
+                             b.partial);
   });
-  return {partial.sum(1), obj_grads, assigned, rows, row_slots};
+  return {b.partial.sum(1), b.obj_grads, b.assigned, b.rows, b.row_slots};
 }
 
 std::vector<at::Tensor> yolo_v3_loss_backward_cuda(const at::Tensor& grad_terms, at::TensorList obj_grads,
@@ -218,9 +208,7 @@ std::vector<at::Tensor> yolo_v3_loss_backward_cuda(const at::Tensor& grad_terms,
   for (size_t l = 0; l < obj_grads.size(); ++l) {
     obj.push_back(obj_grads[l].contiguous());
     as.push_back(assigned[l].contiguous());
-    std::vector<int64_t> shape(obj_grads[l].sizes().begin(), obj_grads[l].sizes().end());
-    shape.push_back(rows.size(2));
-    out.push_back(at::empty(shape, obj_grads[l].options()));  // every value written by the kernels
+    out.push_back(empty_prediction_grad(obj_grads[l], rows.size(2)));  // every value written by the kernels
   }
   if (rows.size(0) > 0)
     FASTMTL_DISPATCH_BOXES(r.scalar_type(), "yolo_v3_loss_backward_cuda",
