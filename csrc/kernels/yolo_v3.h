@@ -1,7 +1,7 @@
 #pragma once
 // Torch-free math of the fused anchor-based YOLO loss (YOLOv2/v3 rules, box term "mse"), shared
 // by the CPU and CUDA kernels. The rules are those of fastmtl/ops/_yolo_anchor_reference.py
-// (mode "v3"), which the tests hold the kernels to:
+// (mode "v3"), which the tests hold the kernels to (box term "mse", or "ciou" as below):
 //
 // preds[l][n, a, j, i, :] = (x, y, w, h, obj, class_0 .. class_{C-1}) logits of anchor a at cell
 // (row j, column i) of scale l; targets[n, k] = (class, cx, cy, w, h) image fractions, the first
@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "box_math.h"
 #include "hd.h"
 
 namespace fastmtl {
@@ -141,6 +142,69 @@ FASTMTL_HD bool ignored(const S* p, const Slot<T>& q, const T* targets, int64_t 
   return false;
 }
 
+// CIoU of box a against box b, both (cx, cy, w, h), with yolov5's eps (1e-7) in the union, the
+// diagonal and alpha (alpha a constant in the gradient); with grad, d(1 - CIoU)/d(a) in grad[4].
+template <typename T>
+FASTMTL_HD T ciou_cxcywh(const T* a, const T* b, T* grad) {
+  const T eps = T(1e-7);
+  const box::Box<T> ba{a[0] - a[2] / T(2), a[1] - a[3] / T(2), a[0] + a[2] / T(2), a[1] + a[3] / T(2)};
+  const box::Box<T> bb{b[0] - b[2] / T(2), b[1] - b[3] / T(2), b[0] + b[2] / T(2), b[1] + b[3] / T(2)};
+  const box::BoxGeom<T> ga = box::box_geom<box::kCIoU>(ba), gb = box::box_geom<box::kCIoU>(bb);
+  if (grad) {
+    box::Box<T> da, db;
+    box::pair_grad<box::kCIoU>(ga, gb, T(-1), eps, eps, da, db);
+    grad[0] = da.x1 + da.x2;
+    grad[1] = da.y1 + da.y2;
+    grad[2] = (da.x2 - da.x1) / T(2);
+    grad[3] = (da.y2 - da.y1) / T(2);
+  }
+  return box::pair_value<box::kCIoU>(ga, gb, eps, eps);
+}
+
+// sum_c BCE(x_c, [c == label]) over the class logits x (sigmoid, multi-label), and its gradient
+// sigmoid(x_c) - [c == label] in grad when not null.
+template <typename T, typename S>
+FASTMTL_HD T class_terms(const S* x, int classes, int label, S* grad) {
+  T sum = T(0);
+  for (int c = 0; c < classes; ++c) {
+    const T v = static_cast<T>(x[c]), t = c == label ? T(1) : T(0);
+    sum += bce(v, t);
+    if (grad) grad[c] = static_cast<S>(sigmoid(v) - t);
+  }
+  return sum;
+}
+
+// The box term of an assigned prediction p against its target (in cells of its scale), added to
+// *term, with its gradient in row[0..3] when row is not null. "mse": squared errors of the
+// sigmoid offsets and the log sizes; "ciou": 1 - CIoU of the decoded box (q.gi + sig(x), q.gj +
+// sig(y), prior_w exp(w), prior_h exp(h)).
+template <typename T, typename S>
+FASTMTL_HD void box_term(const S* p, const Slot<T>& q, const T* owner, bool ciou, T* term, S* row) {
+  const T sw = static_cast<T>(q.grid_w), sh = static_cast<T>(q.grid_h);
+  const T v[4] = {static_cast<T>(p[0]), static_cast<T>(p[1]), static_cast<T>(p[2]), static_cast<T>(p[3])};
+  const T sx = sigmoid(v[0]), sy = sigmoid(v[1]);
+  if (ciou) {
+    const T ew = q.prior_w * exp(v[2]), eh = q.prior_h * exp(v[3]);
+    const T decoded[4] = {static_cast<T>(q.gi) + sx, static_cast<T>(q.gj) + sy, ew, eh};
+    const T gt[4] = {owner[1] * sw, owner[2] * sh, owner[3] * sw, owner[4] * sh};
+    T g[4];
+    *term += T(1) - ciou_cxcywh(decoded, gt, row ? g : nullptr);
+    if (row) {
+      const T chain[4] = {sx * (T(1) - sx), sy * (T(1) - sy), ew, eh};
+      for (int k = 0; k < 4; ++k) row[k] = static_cast<S>(g[k] * chain[k]);
+    }
+    return;
+  }
+  const T target[4] = {owner[1] * sw - static_cast<T>(q.gi), owner[2] * sh - static_cast<T>(q.gj),
+                       log(owner[3] * sw / q.prior_w), log(owner[4] * sh / q.prior_h)};
+  for (int k = 0; k < 4; ++k) {
+    const T s = k == 0 ? sx : (k == 1 ? sy : v[k]);
+    const T d = s - target[k];
+    *term += d * d;
+    if (row) row[k] = static_cast<S>(T(2) * d * (k < 2 ? s * (T(1) - s) : T(1)));
+  }
+}
+
 // The terms of prediction p (5 + classes values), added to terms[kTerms], and their gradient,
 // kept compact (when obj_grad is not null): the objectness gradient of every prediction in
 // *obj_grad, and the whole row only for an assigned one, in row (5 + classes values; the rest of
@@ -148,32 +212,18 @@ FASTMTL_HD bool ignored(const S* p, const Slot<T>& q, const T* targets, int64_t 
 // prediction is assigned.
 template <typename T, typename S>
 FASTMTL_HD bool prediction_loss(const S* p, int classes, const Slot<T>& q, const T* owner, bool skip_noobj,
-                                T* terms, S* obj_grad, S* row) {
+                                bool ciou, T* terms, S* obj_grad, S* row) {
   const T obj = static_cast<T>(p[4]);
   if (!owner) {
     if (!skip_noobj) terms[kNoObj] += bce(obj, T(0));
     if (obj_grad) *obj_grad = skip_noobj ? S(0) : static_cast<S>(sigmoid(obj));
     return false;
   }
-  const T sw = static_cast<T>(q.grid_w), sh = static_cast<T>(q.grid_h);
-  const T target[4] = {owner[1] * sw - static_cast<T>(q.gi), owner[2] * sh - static_cast<T>(q.gj),
-                       log(owner[3] * sw / q.prior_w), log(owner[4] * sh / q.prior_h)};
-  for (int k = 0; k < 4; ++k) {
-    const T v = static_cast<T>(p[k]);
-    const T s = k < 2 ? sigmoid(v) : v;
-    const T d = s - target[k];
-    terms[kBox] += d * d;
-    if (row) row[k] = static_cast<S>(T(2) * d * (k < 2 ? s * (T(1) - s) : T(1)));
-  }
+  box_term(p, q, owner, ciou, terms + kBox, row);
   terms[kObj] += bce(obj, T(1));
   if (obj_grad) *obj_grad = static_cast<S>(sigmoid(obj) - T(1));
   if (row) row[4] = static_cast<S>(sigmoid(obj) - T(1));
-  const int label = static_cast<int>(owner[0]);
-  for (int c = 0; c < classes; ++c) {
-    const T x = static_cast<T>(p[5 + c]), t = c == label ? T(1) : T(0);
-    terms[kCls] += bce(x, t);
-    if (row) row[5 + c] = static_cast<S>(sigmoid(x) - t);
-  }
+  terms[kCls] += class_terms<T>(p + 5, classes, static_cast<int>(owner[0]), row ? row + 5 : nullptr);
   return true;
 }
 

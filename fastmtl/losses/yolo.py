@@ -1,6 +1,6 @@
 """YOLO losses: the fused YOLOv1 loss as a module (:func:`fastmtl.ops.yolo_v1_loss`) and the
-anchor-based YOLOv2/v3 loss with its yolov5-equal mode (:func:`yolo_anchor_loss`), fused for the
-YOLOv3 rules with the "mse" box term, plain PyTorch otherwise."""
+anchor-based YOLOv2/v3 loss with its yolov5-equal mode (:func:`yolo_anchor_loss`), fused in both
+modes, with a plain-PyTorch fallback."""
 
 import torch
 from torch import Tensor, nn
@@ -9,8 +9,15 @@ from fastmtl._ext import use_compiled
 from fastmtl.ops import yolo_v1 as F
 from fastmtl.ops._checks import check_choice, check_reduction
 from fastmtl.ops._reference import compute_dtype
-from fastmtl.ops._yolo_anchor_reference import YOLOV5_ANCHORS, YOLOV5_STRIDES, yolo_anchor_loss_reference
+from fastmtl.ops._yolo_anchor_reference import (
+    YOLOV5_ANCHORS,
+    YOLOV5_GAINS,
+    YOLOV5_STRIDES,
+    yolo_anchor_loss_reference,
+    yolov5_balance,
+)
 from fastmtl.ops.yolo_v3 import TERMS, yolo_v3_terms
+from fastmtl.ops.yolo_v5 import yolov5_means
 
 __all__ = ["YOLOV5_ANCHORS", "YOLOV5_STRIDES", "YOLOAnchorLoss", "YOLOv1Loss", "yolo_anchor_loss"]
 
@@ -85,12 +92,12 @@ def yolo_anchor_loss(
     The arguments and every rule are those of
     :func:`fastmtl.ops._yolo_anchor_reference.yolo_anchor_loss_reference` (``anchors [L, A, 2]``
     in pixels, ``strides`` per scale; ``anchor_t`` and ``balance`` for ``mode="yolov5"``).
-    ``mode="v3"`` with the ``"mse"`` box term runs the fused kernel (CPU and CUDA, one pass for
-    the terms and the gradient); the other modes run the plain-PyTorch reference. Results are
+    Both modes and both box terms run fused kernels (CPU and CUDA, one pass for the terms and the
+    gradient) when the extension is built, the plain-PyTorch reference otherwise. Results are
     float32 for half predictions on the fused path.
     """
-    fused = mode == "v3" and box_loss in (None, "mse") and not yolov5_options and preds
-    if not (fused and use_compiled(preds[0], "yolo_v3_loss")):
+    fused = _fusable(mode, box_loss, yolov5_options) and bool(preds)
+    if not (fused and use_compiled(preds[0], "yolo_anchor_loss")):
         return yolo_anchor_loss_reference(
             preds, targets, counts, torch.as_tensor(anchors), strides, mode=mode, box_loss=box_loss,
             ignore_threshold=ignore_threshold, lambda_box=lambda_box, lambda_obj=lambda_obj,
@@ -102,15 +109,31 @@ def yolo_anchor_loss(
     anchors = torch.as_tensor(anchors, device=preds[0].device)
     if not anchors.is_floating_point():  # pixels as ints (yolov5's yaml), as the reference takes them
         anchors = anchors.to(compute_dtype(preds[0].dtype))
-    terms = yolo_v3_terms(preds, targets, counts, anchors, strides, ignore_threshold).sum(0)
+    n = preds[0].shape[0]
+    if mode == "v3":
+        terms = yolo_v3_terms(preds, targets, counts, anchors, strides, ignore_threshold, box_loss == "ciou").sum(0)
+        terms = dict(zip(TERMS, terms.unbind()))
+        gains, scale = {}, 1.0
+    else:
+        if lambda_noobj is not None:
+            raise ValueError("lambda_noobj: yolov5 mode has no no-object term (obj covers it)")
+        anchor_t, balance = yolov5_options.get("anchor_t", 4.0), yolov5_balance(len(preds), yolov5_options)
+        box, obj, cls = yolov5_means(preds, targets, counts, anchors, strides, anchor_t, balance)
+        terms = {"box": box, "obj": obj, "noobj": obj.new_zeros(()), "cls": cls}
+        gains, scale = YOLOV5_GAINS, float(n)  # yolov5 returns its means times the batch size
     if reduction == "mean":
-        terms = terms / max(preds[0].shape[0], 1)
-    weights = (lambda_box, lambda_obj, lambda_noobj, lambda_cls)
-    out = {
-        name: terms[k] * (1.0 if w is None else float(w)) for k, (name, w) in enumerate(zip(TERMS, weights))
-    }
+        scale /= max(n, 1)
+    weights = {"box": lambda_box, "obj": lambda_obj, "noobj": lambda_noobj, "cls": lambda_cls}
+    out = {k: terms[k] * (gains.get(k, 1.0) if w is None else float(w)) * scale for k, w in weights.items()}
     out["total"] = out["box"] + out["obj"] + out["noobj"] + out["cls"]
     return out
+
+
+def _fusable(mode: str, box_loss, yolov5_options) -> bool:
+    """Whether the fused kernels take these options (the reference raises on the others)."""
+    if mode == "v3":
+        return box_loss in (None, "mse", "ciou") and not yolov5_options
+    return mode == "yolov5" and box_loss in (None, "ciou") and set(yolov5_options) <= {"anchor_t", "balance"}
 
 
 class YOLOAnchorLoss(nn.Module):

@@ -3,6 +3,7 @@
 import torch
 
 from fastmtl.ops import yolo_v3 as _yolo_v3  # noqa: F401  (registers the fused anchor loss)
+from fastmtl.ops import yolo_v5 as _yolo_v5  # noqa: F401  (registers its yolov5 mode)
 from fastmtl.ops.box_iou import (
     aligned_box_iou,
     box_iou,

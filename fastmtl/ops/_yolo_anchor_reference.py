@@ -11,7 +11,7 @@ from torch import Tensor
 
 from fastmtl.ops._reference import aligned_box_iou, pairwise_box_iou
 
-__all__ = ["YOLOV5_ANCHORS", "YOLOV5_STRIDES", "yolo_anchor_loss_reference"]
+__all__ = ["YOLOV5_ANCHORS", "YOLOV5_GAINS", "YOLOV5_STRIDES", "yolo_anchor_loss_reference", "yolov5_balance"]
 
 # yolov5's default anchors (models/yolov5*.yaml), in pixels, for strides 8, 16 and 32.
 YOLOV5_ANCHORS = (
@@ -25,7 +25,7 @@ _MODES = ("v3", "yolov5")
 _BOX_LOSSES = ("mse", "ciou")
 _CIOU_EPS = 1e-7  # yolov5's bbox_iou eps, in the union, the diagonal and alpha
 # yolov5's hyp.scratch-low gains and its per-scale objectness balance for three scales.
-_YOLOV5_LAMBDAS = {"box": 0.05, "obj": 1.0, "cls": 0.5}
+YOLOV5_GAINS = {"box": 0.05, "obj": 1.0, "cls": 0.5}
 _YOLOV5_BALANCE = {3: (4.0, 1.0, 0.4)}
 _YOLOV5_BALANCE_OTHER = (4.0, 1.0, 0.25, 0.06, 0.02)  # P3-P7, as yolov5 for other counts
 
@@ -125,11 +125,10 @@ def yolo_anchor_loss_reference(
     else:
         if lambda_noobj is not None:
             raise ValueError("lambda_noobj: yolov5 mode has no no-object term (obj covers it)")
-        if balance is None:
-            balance = _YOLOV5_BALANCE.get(len(preds), _YOLOV5_BALANCE_OTHER)
+        balance = yolov5_balance(len(preds), {"balance": balance})
         terms = _yolov5_terms(preds, targets, counts, anchors, strides, float(anchor_t), balance)
         weights = {"box": lambda_box, "obj": lambda_obj, "cls": lambda_cls}
-        weights = {k: _YOLOV5_LAMBDAS[k] if v is None else float(v) for k, v in weights.items()}
+        weights = {k: YOLOV5_GAINS[k] if v is None else float(v) for k, v in weights.items()}
         weights["noobj"] = 0.0
         scale = float(preds[0].shape[0])  # yolov5 returns its means times the batch size
     if reduction == "mean":
@@ -137,6 +136,19 @@ def yolo_anchor_loss_reference(
     out = {k: terms[k] * (weights[k] * scale) for k in ("box", "obj", "noobj", "cls")}
     out["total"] = out["box"] + out["obj"] + out["noobj"] + out["cls"]
     return out
+
+
+def yolov5_balance(levels: int, options) -> tuple:
+    """The per-scale objectness weights: ``options["balance"]``, or yolov5's for ``levels`` scales."""
+    balance = options.get("balance")
+    if balance is None:
+        if levels > len(_YOLOV5_BALANCE_OTHER):
+            raise ValueError(f"balance: yolov5 has no default for {levels} scales; pass one weight per scale")
+        balance = _YOLOV5_BALANCE.get(levels, _YOLOV5_BALANCE_OTHER)
+    balance = tuple(float(b) for b in balance)
+    if len(balance) < levels:
+        raise ValueError(f"balance must have one weight per scale ({levels}), got {len(balance)}")
+    return balance
 
 
 def _check(preds, targets, counts, anchors, strides, mode, box_loss, reduction) -> None:
@@ -180,6 +192,8 @@ def _check_valid_rows(targets, counts, num_classes, mode) -> None:
         raise ValueError(f"targets: class must be an integer in [0, C={num_classes})")
     if mode == "v3" and bool((rows[:, 3:5] <= 0).any()):
         raise ValueError("targets: w and h must be > 0 in v3 mode (tw = log(w / anchor))")
+    if bool((rows[:, 3:5] < 0).any()):
+        raise ValueError("targets: w and h must be >= 0")
 
 
 def _valid_mask(counts: Tensor, b: int) -> Tensor:

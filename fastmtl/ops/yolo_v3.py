@@ -1,11 +1,10 @@
-"""The fused anchor-based YOLO loss (YOLOv3 rules, box term "mse"): one pass over every scale
-computes the loss terms and their gradient; the backward scales the saved gradient. The saved
-gradient is compact: the objectness value of every prediction and whole rows only for the
-assigned ones (at most one per target), since every other value of the gradient is zero.
+"""The fused anchor-based YOLO loss (YOLOv3 rules, box term "mse" or "ciou"): one pass over
+every scale computes the loss terms and their gradient; the backward scales the saved gradient.
+The saved gradient is compact: the objectness value of every prediction and whole rows only for
+the assigned ones (at most one per target), since every other value of the gradient is zero.
 
 The public entry is :func:`fastmtl.losses.yolo_anchor_loss`, which takes this path for
-``mode="v3"`` with the ``"mse"`` box term when the extension is built, and the plain-PyTorch
-reference (:mod:`fastmtl.ops._yolo_anchor_reference`, whose docstring states every rule)
+``mode="v3"`` when the extension is built, and the plain-PyTorch reference (:mod:`fastmtl.ops._yolo_anchor_reference`, whose docstring states every rule)
 otherwise. :func:`yolo_v3_terms` returns the unweighted per-image terms ``[N, 4]`` (box, obj,
 noobj, cls), differentiable in the predictions (not twice: double backward raises).
 """
@@ -28,9 +27,16 @@ _MAX_LEVELS = 8
 
 
 def yolo_v3_terms(
-    preds: "list[Tensor]", targets: Tensor, counts: Tensor, anchors: Tensor, strides, ignore_threshold: float
+    preds: "list[Tensor]",
+    targets: Tensor,
+    counts: Tensor,
+    anchors: Tensor,
+    strides,
+    ignore_threshold: float,
+    ciou: bool = False,
 ) -> Tensor:
-    """Per-image ``[N, 4]`` terms of the fused op (float32 for half predictions)."""
+    """Per-image ``[N, 4]`` terms of the fused op (float32 for half predictions); ``ciou``: the
+    box term is ``1 - CIoU`` of the decoded box, not the squared errors."""
     compute_grad = torch.is_grad_enabled() and any(p.requires_grad for p in preds)
     terms, *_ = torch.ops.fastmtl.yolo_v3_loss(
         list(preds),
@@ -40,6 +46,7 @@ def yolo_v3_terms(
         [float(s) for s in strides],
         float(ignore_threshold),
         compute_grad,
+        bool(ciou),
     )
     return terms
 
@@ -100,7 +107,7 @@ def _register() -> None:
     lib = "fastmtl::"
 
     @torch.library.register_fake(lib + "yolo_v3_loss")
-    def _(preds, targets, counts, anchors, strides, ignore_threshold, compute_grad):
+    def _(preds, targets, counts, anchors, strides, ignore_threshold, compute_grad, ciou=False):
         check_op_args(preds, targets, counts, anchors, strides, ignore_threshold)
         p0 = preds[0]
         terms = p0.new_empty((p0.shape[0], len(TERMS)), dtype=compute_dtype(p0.dtype))
@@ -115,7 +122,7 @@ def _register() -> None:
         return [g.new_empty((*g.shape, rows.shape[2])) for g in obj_grads]
 
     def setup_context(ctx, inputs, output):
-        *_, compute_grad = inputs
+        compute_grad = inputs[6]
         _, obj_grads, assigned, rows, row_slots = output
         ctx.mark_non_differentiable(*obj_grads, *assigned, rows, row_slots)
         ctx.compute_grad, ctx.levels = compute_grad, len(assigned)
@@ -123,7 +130,7 @@ def _register() -> None:
 
     def backward(ctx, grad_terms, *_unused):
         if not ctx.needs_input_grad[0]:
-            return (None,) * 7
+            return (None,) * 8
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "yolo_v3_loss: double backward is not supported (the saved gradient is constant)"
@@ -135,7 +142,7 @@ def _register() -> None:
         grads = torch.ops.fastmtl._yolo_v3_loss_backward(
             grad_terms.contiguous(), obj_grads, assigned, rows, row_slots
         )
-        return (grads,) + (None,) * 6
+        return (grads,) + (None,) * 7
 
     torch.library.register_autograd(lib + "yolo_v3_loss", backward, setup_context=setup_context)
 

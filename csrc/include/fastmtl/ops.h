@@ -162,18 +162,34 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> yolo_v1_loss(
                  compute_grad);
 }
 
-// The anchor-based YOLO loss, YOLOv3 rules with the "mse" box term, of preds (one [N, A, H, W,
-// 5 + C] per scale) with anchors [L, A, 2] in pixels and strides [L]: (terms [N, 4] = box, obj,
-// noobj, cls; then the compact gradient: objectness per prediction, assigned flags, the assigned
-// rows and their slots). The rules are in fastmtl/ops/_yolo_anchor_reference.py (mode "v3").
+// The anchor-based YOLO loss, YOLOv3 rules with the "mse" box term (1 - CIoU with ciou), of preds
+// (one [N, A, H, W, 5 + C] per scale) with anchors [L, A, 2] in pixels and strides [L]: (terms
+// [N, 4] = box, obj, noobj, cls; then the compact gradient: objectness per prediction, assigned
+// flags, the assigned rows and their slots). The rules are in
+// fastmtl/ops/_yolo_anchor_reference.py (mode "v3").
 inline std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor> yolo_v3_loss(
     at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts, const at::Tensor& anchors,
-    at::ArrayRef<double> strides, double ignore_threshold = 0.5, bool compute_grad = false) {
+    at::ArrayRef<double> strides, double ignore_threshold = 0.5, bool compute_grad = false, bool ciou = false) {
   using T = const at::Tensor&;
   using Out = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor>;
   static const auto op =
-      detail::op<Out(at::TensorList, T, T, T, at::ArrayRef<double>, double, bool)>("fastmtl::yolo_v3_loss");
-  return op.call(preds, targets, counts, anchors, strides, ignore_threshold, compute_grad);
+      detail::op<Out(at::TensorList, T, T, T, at::ArrayRef<double>, double, bool, bool)>("fastmtl::yolo_v3_loss");
+  return op.call(preds, targets, counts, anchors, strides, ignore_threshold, compute_grad, ciou);
+}
+
+// The anchor-based YOLO loss with yolov5's rules (mode "yolov5" of
+// fastmtl/ops/_yolo_anchor_reference.py): (sums [N, L, 3] = box, obj, cls per image and scale,
+// candidates [N, L]; then the compact gradient: objectness per prediction, candidate rows and
+// their slots). yolov5's loss is sum_l box[l] / K_l + balance_l obj[l] / (N A H_l W_l) + cls[l] /
+// (K_l C) over the batch (K_l: the scale's candidates), times the gains.
+inline std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> yolov5_loss(
+    at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts, const at::Tensor& anchors,
+    at::ArrayRef<double> strides, double anchor_t = 4.0, bool compute_grad = false) {
+  using T = const at::Tensor&;
+  using Out = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor>;
+  static const auto op =
+      detail::op<Out(at::TensorList, T, T, T, at::ArrayRef<double>, double, bool)>("fastmtl::yolov5_loss");
+  return op.call(preds, targets, counts, anchors, strides, anchor_t, compute_grad);
 }
 
 }  // namespace ops

@@ -1,6 +1,7 @@
 // Schemas and argument checks of the fused anchor-based YOLO loss.
 #include "yolo_v3.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
@@ -63,6 +64,41 @@ yolo3::Scales<double> check_yolo_v3_args(at::TensorList preds, const at::Tensor&
   return s;
 }
 
+namespace {
+
+template <typename T>
+void check_values(const T* targets, const int64_t* counts, int64_t n, int64_t max_boxes, int classes,
+                  const T* anchors, int64_t anchor_values, bool sizes_positive) {
+  for (int64_t i = 0; i < anchor_values; ++i)
+    TORCH_CHECK_VALUE(std::isfinite(anchors[i]) && anchors[i] > 0, "anchors must be finite and > 0, got ",
+                      anchors[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(counts[i] >= 0 && counts[i] <= max_boxes, "counts[", i, "] = ", counts[i],
+                      " must be in [0, ", max_boxes, "] (the rows of targets)");
+    for (int64_t k = 0; k < counts[i]; ++k) {
+      const T* t = targets + 5 * (i * max_boxes + k);
+      bool finite = true;
+      for (int v = 0; v < 5; ++v) finite = finite && std::isfinite(t[v]);
+      TORCH_CHECK_VALUE(finite, "targets[", i, ", ", k, "] contains NaN or infinite values");
+      TORCH_CHECK_VALUE(t[0] >= 0 && t[0] < classes && t[0] == std::floor(t[0]), "targets[", i, ", ", k, ", 0] = ",
+                        t[0], " is not a class index in [0, ", classes, ")");
+      const bool sized = sizes_positive ? t[3] > 0 && t[4] > 0 : t[3] >= 0 && t[4] >= 0;
+      TORCH_CHECK_VALUE(sized, "targets[", i, ", ", k, "]: the size (", t[3], ", ", t[4], ") must be ",
+                        sizes_positive ? "> 0 (tw = log(w / anchor))" : ">= 0");
+    }
+  }
+}
+
+}  // namespace
+
+void check_yolo_values_cpu(const at::Tensor& targets, const at::Tensor& counts, const at::Tensor& anchors,
+                           int classes, bool sizes_positive) {
+  AT_DISPATCH_FLOATING_TYPES(targets.scalar_type(), "yolo_check_values", [&] {
+    check_values(targets.const_data_ptr<scalar_t>(), counts.const_data_ptr<int64_t>(), targets.size(0),
+                 targets.size(1), classes, anchors.const_data_ptr<scalar_t>(), anchors.numel(), sizes_positive);
+  });
+}
+
 YoloV3Buffers yolo_v3_buffers(at::TensorList preds, int64_t max_boxes, bool compute_grad) {
   const auto opts = preds[0].options();
   const int64_t n = preds[0].size(0), values = preds[0].size(4), levels = static_cast<int64_t>(preds.size());
@@ -118,7 +154,7 @@ void check_yolo_v3_grad(const at::Tensor& grad_terms, at::TensorList obj_grads, 
 }  // namespace fastmtl
 
 TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
-  // The anchor-based YOLO loss, YOLOv3 rules with the "mse" box term, of preds (one [N, A, H_l,
+  // The anchor-based YOLO loss, YOLOv3 rules with the "mse" box term (1 - CIoU with ciou), of preds (one [N, A, H_l,
   // W_l, 5 + C] per scale) against targets [N, M, 5] (class, cx, cy, w, h image fractions; the
   // first counts[n] rows real), anchors [L, A, 2] in pixels and strides [L]. Returns the per-image
   // terms [N, 4] (box, obj, noobj, cls, unweighted; float32 for half preds) and the gradient of
@@ -129,7 +165,7 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   // its scale), -1 where target k has no prediction); every other gradient value is 0.
   m.def(
       "yolo_v3_loss(Tensor[] preds, Tensor targets, Tensor counts, Tensor anchors, float[] strides, "
-      "float ignore_threshold, bool compute_grad) -> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
+      "float ignore_threshold, bool compute_grad, bool ciou=False) -> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
   // The gradient of every scale, [N, A, H_l, W_l, 5 + C]: the compact one scaled by the incoming
   // gradient of each value's term.
   m.def(

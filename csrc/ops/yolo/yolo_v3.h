@@ -15,6 +15,12 @@ yolo3::Scales<double> check_yolo_v3_args(at::TensorList preds, const at::Tensor&
                                          const at::Tensor& anchors, at::ArrayRef<double> strides,
                                          double ignore_threshold);
 
+// Checks the values of targets [N, M, 5] and anchors (one floating dtype, contiguous, on the CPU)
+// and counts (int64): counts in [0, M], real rows finite with an integer class in [0, classes)
+// and sizes > 0 (sizes_positive: v3's log) or >= 0, anchors finite and > 0.
+void check_yolo_values_cpu(const at::Tensor& targets, const at::Tensor& counts, const at::Tensor& anchors,
+                           int classes, bool sizes_positive);
+
 // The forward's inputs made contiguous and its outputs allocated, shared by the CPU and CUDA
 // kernels: preds (contiguous), obj_grads and assigned ([N, A, H, W] per scale; no obj_grads
 // without compute_grad), rows [N, M, 5 + C] (zeros: rows no prediction reaches are defined too),

@@ -26,28 +26,6 @@ namespace {
 // Prediction values per parallel task (about 100 us of work; see yolo_v1_cpu.cpp).
 constexpr int64_t kValuesPerTask = int64_t(1) << 17;
 
-template <typename T>
-void check_values(const T* targets, const int64_t* counts, int64_t n, int64_t max_boxes, int classes,
-                  const T* anchors, int64_t anchor_values) {
-  for (int64_t i = 0; i < anchor_values; ++i)
-    TORCH_CHECK_VALUE(std::isfinite(anchors[i]) && anchors[i] > 0, "anchors must be finite and > 0, got ",
-                      anchors[i]);
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK_VALUE(counts[i] >= 0 && counts[i] <= max_boxes, "counts[", i, "] = ", counts[i],
-                      " must be in [0, ", max_boxes, "] (the rows of targets)");
-    for (int64_t k = 0; k < counts[i]; ++k) {
-      const T* t = targets + 5 * (i * max_boxes + k);
-      bool finite = true;
-      for (int v = 0; v < 5; ++v) finite = finite && std::isfinite(t[v]);
-      TORCH_CHECK_VALUE(finite, "targets[", i, ", ", k, "] contains NaN or infinite values");
-      TORCH_CHECK_VALUE(t[0] >= 0 && t[0] < classes && t[0] == std::floor(t[0]), "targets[", i, ", ", k, ", 0] = ",
-                        t[0], " is not a class index in [0, ", classes, ")");
-      TORCH_CHECK_VALUE(t[3] > 0 && t[4] > 0, "targets[", i, ", ", k, "]: the size (", t[3], ", ", t[4],
-                        ") must be > 0 (tw = log(w / anchor))");
-    }
-  }
-}
-
 template <typename scalar_t>
 struct Views {
   std::vector<const scalar_t*> pred;
@@ -61,7 +39,7 @@ struct Views {
 
 template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
 void forward_item(const Views<scalar_t>& v, const yolo3::Scales<T>& s, const T* targets, int64_t count,
-                  int64_t img, int l, T thr, std::vector<yolo3::GtCell>& cells, T* sums) {
+                  int64_t img, int l, T thr, bool ciou, std::vector<yolo3::GtCell>& cells, T* sums) {
   cells.resize(count);
   for (int64_t k = 0; k < count; ++k) cells[k] = yolo3::assign(targets + 5 * k, s);
   const int64_t h = s.grid_h[l], w = s.grid_w[l], values = v.values;
@@ -75,7 +53,7 @@ void forward_item(const Views<scalar_t>& v, const yolo3::Scales<T>& s, const T* 
         const int64_t k = yolo3::slot_owner(cells.data(), count, l, a, i, j);
         const bool skip = k < 0 && yolo3::ignored(p, q, targets, count, thr);
         const int64_t row = img * v.max_boxes + k;  // target k's row, when k >= 0
-        yolo3::prediction_loss(p, values - 5, q, k >= 0 ? targets + 5 * k : nullptr, skip, sums,
+        yolo3::prediction_loss(p, values - 5, q, k >= 0 ? targets + 5 * k : nullptr, skip, ciou, sums,
                                grad ? v.obj_grad[l] + at : nullptr, grad && k >= 0 ? v.rows + row * values : nullptr);
         v.assigned[l][at] = k >= 0 ? 1 : 0;
         if (k >= 0) {  // one prediction per target: no other task writes this row
@@ -91,7 +69,7 @@ using Outputs = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::
 
 Outputs yolo_v3_loss_cpu(at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts,
                          const at::Tensor& anchors, at::ArrayRef<double> strides, double ignore_threshold,
-                         bool compute_grad) {
+                         bool compute_grad, bool ciou) {
   const yolo3::Scales<double> sd = check_yolo_v3_args(preds, targets, counts, anchors, strides, ignore_threshold);
   const auto acc = accumulate_type(preds[0].scalar_type());
   const int64_t n = preds[0].size(0), levels = sd.levels, max_boxes = targets.size(1);
@@ -100,10 +78,7 @@ Outputs yolo_v3_loss_cpu(at::TensorList preds, const at::Tensor& targets, const 
   const std::vector<at::Tensor>& p = b.preds;
   const at::Tensor c = counts.to(at::kLong).contiguous(), t = targets.to(acc).contiguous();
   const at::Tensor anc = anchors.to(acc).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(acc, "yolo_v3_check_values", [&] {
-    check_values(t.const_data_ptr<scalar_t>(), c.const_data_ptr<int64_t>(), n, max_boxes, values - 5,
-                 anc.const_data_ptr<scalar_t>(), anc.numel());
-  });
+  check_yolo_values_cpu(t, c, anc, values - 5, /*sizes_positive=*/true);
   FASTMTL_DISPATCH_BOXES(p[0].scalar_type(), "yolo_v3_loss_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     Views<scalar_t> v{{}, {}, {}, compute_grad ? b.rows.mutable_data_ptr<scalar_t>() : nullptr,
@@ -126,7 +101,7 @@ Outputs yolo_v3_loss_cpu(at::TensorList preds, const at::Tensor& targets, const 
       for (int64_t item = begin; item < end; ++item) {
         const int64_t img = item / levels;
         forward_item(v, s, tp + 5 * img * max_boxes, cp[img], img, static_cast<int>(item % levels),
-                     static_cast<T>(ignore_threshold), cells, out + yolo3::kTerms * item);
+                     static_cast<T>(ignore_threshold), ciou, cells, out + yolo3::kTerms * item);
       }
     });
   });

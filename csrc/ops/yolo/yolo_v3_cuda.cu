@@ -49,7 +49,8 @@ template <typename scalar_t>
 __global__ void yolo_v3_forward_kernel(DeviceViews<scalar_t> v, yolo3::Scales<at::opmath_type<scalar_t>> s,
                                        const at::opmath_type<scalar_t>* __restrict__ targets,
                                        const int64_t* __restrict__ counts, int64_t n, int64_t max_boxes,
-                                       at::opmath_type<scalar_t> thr, at::opmath_type<scalar_t>* __restrict__ partial) {
+                                       at::opmath_type<scalar_t> thr, bool ciou,
+                                       at::opmath_type<scalar_t>* __restrict__ partial) {
   using T = at::opmath_type<scalar_t>;
   using BlockSum = cub::BlockReduce<T, kThreads>;
   __shared__ typename BlockSum::TempStorage storage;
@@ -73,7 +74,7 @@ __global__ void yolo_v3_forward_kernel(DeviceViews<scalar_t> v, yolo3::Scales<at
       const bool skip = k < 0 && yolo3::ignored(p, q, t, count, thr);
       const int64_t row = img * max_boxes + k;  // target k's row, when k >= 0
       const bool grad = v.obj_grad[l] != nullptr;
-      yolo3::prediction_loss(p, v.values - 5, q, k >= 0 ? t + 5 * k : nullptr, skip, sums,
+      yolo3::prediction_loss(p, v.values - 5, q, k >= 0 ? t + 5 * k : nullptr, skip, ciou, sums,
                              grad ? v.obj_grad[l] + at : nullptr, grad && k >= 0 ? v.rows + row * v.values : nullptr);
       v.assigned[l][at] = k >= 0 ? 1 : 0;
       if (k >= 0) {  // one prediction per target: no other thread writes this row
@@ -132,7 +133,7 @@ template <typename scalar_t>
 void launch_forward(const std::vector<at::Tensor>& p, std::vector<at::Tensor>& obj_grads,
                     std::vector<at::Tensor>& assigned, at::Tensor& rows, at::Tensor& row_slots,
                     const yolo3::Scales<double>& sd, const at::Tensor& anc, const at::Tensor& t, const at::Tensor& c,
-                    double thr, at::Tensor& partial) {
+                    double thr, bool ciou, at::Tensor& partial) {
   using T = at::opmath_type<scalar_t>;
   DeviceViews<scalar_t> v{};
   v.values = static_cast<int>(p[0].size(4));
@@ -148,7 +149,7 @@ void launch_forward(const std::vector<at::Tensor>& p, std::vector<at::Tensor>& o
   yolo_v3_forward_kernel<scalar_t><<<grid_stride_blocks(n * sd.levels, 1), kThreads, shared,
                                      c10::cuda::getCurrentCUDAStream()>>>(
       v, scales_as<T>(sd, anc.const_data_ptr<T>()), t.const_data_ptr<T>(), c.const_data_ptr<int64_t>(), n, max_boxes,
-      static_cast<T>(thr), partial.mutable_data_ptr<T>());
+      static_cast<T>(thr), ciou, partial.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -180,7 +181,7 @@ using Outputs = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::
 
 Outputs yolo_v3_loss_cuda(at::TensorList preds, const at::Tensor& targets, const at::Tensor& counts,
                           const at::Tensor& anchors, at::ArrayRef<double> strides, double ignore_threshold,
-                          bool compute_grad) {
+                          bool compute_grad, bool ciou) {
   const yolo3::Scales<double> sd = check_yolo_v3_args(preds, targets, counts, anchors, strides, ignore_threshold);
   TORCH_CHECK_VALUE(targets.size(1) <= kMaxTargets, "targets: at most ", kMaxTargets,
                     " rows per image on CUDA, got ", targets.size(1));
@@ -193,7 +194,7 @@ Outputs yolo_v3_loss_cuda(at::TensorList preds, const at::Tensor& targets, const
   const at::Tensor anc = anchors.to(acc).contiguous();
   FASTMTL_DISPATCH_BOXES(b.preds[0].scalar_type(), "yolo_v3_loss_cuda", [&] {
     launch_forward<scalar_t>(b.preds, b.obj_grads, b.assigned, b.rows, b.row_slots, sd, anc, t, c, ignore_threshold,
-                             b.partial);
+                             ciou, b.partial);
   });
   return {b.partial.sum(1), b.obj_grads, b.assigned, b.rows, b.row_slots};
 }
