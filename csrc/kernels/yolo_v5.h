@@ -25,13 +25,23 @@
 namespace fastmtl {
 namespace yolo5 {
 
+using std::exp;
 using std::floor;
+using std::log1p;
 using std::trunc;
 using yolo3::greater;
 using yolo3::sigmoid;
 
 enum Term : int { kBox = 0, kObj = 1, kCls = 2, kTerms = 3 };
 constexpr int kOffsets = 5;
+
+// BCE(x, 0) = softplus(x) and, in *sig, sigmoid(x), from one exponential.
+template <typename T>
+FASTMTL_HD T softplus_sigmoid(T x, T* sig) {
+  const T e = exp(-(x < T(0) ? -x : x));
+  *sig = x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+  return greater(x, T(0)) + log1p(e);
+}
 
 // A candidate: its cell and its target box (cx, cy, w, h) in cells, relative to the cell.
 template <typename T>

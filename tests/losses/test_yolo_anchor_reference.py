@@ -1,5 +1,6 @@
 """The anchor-based YOLO loss reference: v3 mode against hand-computed numbers and invariants,
-yolov5 mode against yolov5's own ComputeLoss (skipped when yolov5 is not installed)."""
+yolov5 mode against yolov5's own ComputeLoss (skipped when yolov5 is not installed), the fused
+yolov5-mode kernels too."""
 
 import itertools
 import math
@@ -8,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastmtl.losses import yolo_anchor_loss
 from fastmtl.ops._yolo_anchor_reference import YOLOV5_ANCHORS, YOLOV5_STRIDES, yolo_anchor_loss_reference
-from tests.utils import assert_close
+from tests.utils import assert_close, compiled_only
 
 F64 = torch.float64
 TERMS = ("total", "box", "obj", "noobj", "cls")
@@ -302,8 +304,19 @@ def random_preds(gen, n, classes):
     return [(1.5 * torch.randn(shape, generator=gen, dtype=F64)).requires_grad_() for shape in shapes]
 
 
+@pytest.fixture(
+    params=[
+        pytest.param(yolo_anchor_loss_reference, id="reference"),
+        pytest.param(yolo_anchor_loss, id="fused", marks=compiled_only),
+    ]
+)
+def impl(request):
+    """The plain-PyTorch reference and the fused kernels (yolo_anchor_loss takes them for yolov5 mode)."""
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_yolov5_mode_equals_compute_loss(compute_loss, gen, seed, case):
+def test_yolov5_mode_equals_compute_loss(compute_loss, impl, gen, seed, case):
     from tests.losses.yolov5_oracle import fake_model
 
     spec = dict(CASES[case])
@@ -314,7 +327,7 @@ def test_yolov5_mode_equals_compute_loss(compute_loss, gen, seed, case):
     want, items = compute_loss(fake_model(anchors, YOLOV5_STRIDES, classes))(
         preds, yolov5_targets(targets, counts)
     )
-    got = yolo_anchor_loss_reference(preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5")
+    got = impl(preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5")
     # yolov5 sums its terms into float32 buffers (torch.zeros(1)): float32 rounding at the end.
     tol = dict(rtol=1e-6, atol=1e-9, msg=f"{case}, seed={seed}")
     assert_close(got["total"], want[0], **tol)
@@ -325,13 +338,13 @@ def test_yolov5_mode_equals_compute_loss(compute_loss, gen, seed, case):
     grads_got = torch.autograd.grad(got["total"] * 0.7, preds)
     for g, r in zip(grads_got, grads_want):
         assert_close(g, r, rtol=1e-6, atol=1e-9 * max(r.abs().max().item(), 1.0), msg=tol["msg"])
-    mean = yolo_anchor_loss_reference(
+    mean = impl(
         preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5", reduction="mean"
     )
     assert_close(mean["total"], items.sum(), **tol)
 
 
-def test_yolov5_mode_with_train_py_gains(compute_loss, gen, seed):
+def test_yolov5_mode_with_train_py_gains(compute_loss, impl, gen, seed):
     """train.py rescales cls by C / 80 and obj by (image / 640)^2: passed as lambdas they agree."""
     from tests.losses.yolov5_oracle import fake_model
 
@@ -342,7 +355,7 @@ def test_yolov5_mode_with_train_py_gains(compute_loss, gen, seed):
     model = fake_model(anchors, YOLOV5_STRIDES, classes)
     model.hyp.update(cls=0.5 * classes / 80, obj=(IMAGE / 640) ** 2, anchor_t=3.0)
     want, _ = compute_loss(model)(preds, yolov5_targets(targets, counts))
-    got = yolo_anchor_loss_reference(
+    got = impl(
         preds,
         targets,
         counts,
@@ -356,7 +369,7 @@ def test_yolov5_mode_with_train_py_gains(compute_loss, gen, seed):
     assert_close(got["total"], want[0], rtol=1e-6, atol=1e-9, msg=f"seed={seed}")
 
 
-def test_yolov5_mode_in_float32(compute_loss, gen, seed):
+def test_yolov5_mode_in_float32(compute_loss, impl, gen, seed):
     """float32 predictions and targets: the targets are built in float32 on both sides."""
     from tests.losses.yolov5_oracle import fake_model
 
@@ -365,7 +378,7 @@ def test_yolov5_mode_in_float32(compute_loss, gen, seed):
     preds = [p.detach().float().requires_grad_() for p in random_preds(gen, 3, 80)]
     anchors = torch.tensor(YOLOV5_ANCHORS, dtype=torch.float32)
     want, _ = compute_loss(fake_model(anchors, YOLOV5_STRIDES, 80))(preds, yolov5_targets(targets, counts))
-    got = yolo_anchor_loss_reference(preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5")
+    got = impl(preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5")
     assert_close(got["total"], want[0], rtol=1e-5, atol=1e-6, msg=f"seed={seed}")
     for g, r in zip(torch.autograd.grad(got["total"], preds), torch.autograd.grad(want[0], preds)):
         assert_close(g, r, rtol=1e-4, atol=1e-6 * r.abs().max().item(), msg=f"seed={seed}")

@@ -48,9 +48,9 @@ void forward_item(const Views<scalar_t>& v, const yolo3::Scales<T>& s, const T* 
   T* tobj = v.tobj + item * v.slots;
   T obj = T(0), box = T(0), cls = T(0);
   for (int64_t at = 0; at < cells; ++at) {  // BCE(x, 0) everywhere, corrected at the winners below
-    const T x = static_cast<T>(p[at * values + 4]);
-    obj += yolo3::bce(x, T(0));
-    if (og) og[at] = static_cast<scalar_t>(yolo3::sigmoid(x));
+    T sig;
+    obj += yolo5::softplus_sigmoid(static_cast<T>(p[at * values + 4]), &sig);
+    if (og) og[at] = static_cast<scalar_t>(sig);
   }
   int64_t found = 0;
   for (int64_t q = 0; q < v.slots; ++q) {
@@ -144,9 +144,9 @@ std::vector<at::Tensor> yolov5_loss_backward_cpu(const at::Tensor& grad_sums, at
       scalar_t* op = o.mutable_data_ptr<scalar_t>();
       const int64_t per_image = g.numel() / std::max<int64_t>(n, 1);
       at::parallel_for(0, g.numel(), kValuesPerTask / 8, [&](int64_t begin, int64_t end) {
+        std::fill(op + begin * values, op + end * values, scalar_t(0));
         for (int64_t at = begin; at < end; ++at) {
           const T scale = gp[yolo5::kTerms * (at / per_image * levels + l) + yolo5::kObj];
-          std::fill_n(op + at * values, values, scalar_t(0));
           op[at * values + 4] = static_cast<scalar_t>(static_cast<T>(op_in[at]) * scale);
         }
       });

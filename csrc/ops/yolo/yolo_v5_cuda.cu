@@ -72,9 +72,9 @@ __global__ void yolov5_forward_kernel(DeviceViews<scalar_t> v, yolo3::Scales<at:
     T part[yolo5::kTerms] = {};
     int64_t found = 0;
     for (int64_t at = threadIdx.x; at < cells; at += blockDim.x) {
-      const T x = static_cast<T>(p[at * values + 4]);
-      part[yolo5::kObj] += yolo3::bce(x, T(0));
-      if (og) og[at] = static_cast<scalar_t>(yolo3::sigmoid(x));
+      T sig;
+      part[yolo5::kObj] += yolo5::softplus_sigmoid(static_cast<T>(p[at * values + 4]), &sig);
+      if (og) og[at] = static_cast<scalar_t>(sig);
     }
     for (int64_t q = threadIdx.x; q < v.slots; q += blockDim.x) {  // reset the cells the candidates reach
       const yolo5::SlotLoss<T> r =
