@@ -10,9 +10,8 @@ first:
   ``_yolo_anchor_reference``, vectorized: no Python loop over images or boxes), as a user would
   write it carefully; autograd builds its backward;
 - ``compile``: ``torch.compile`` of ``eager`` (optional: skipped with a note where it fails);
-- ``yolov5``: yolov5's ``ComputeLoss`` (``make peers``), against fastmtl's ``mode="yolov5"``,
-  which equals it. That mode is the plain-PyTorch loss, not fused: this row compares two eager
-  implementations of one loss.
+- ``yolov5``: yolov5's ``ComputeLoss`` (``make peers``), against fastmtl's fused
+  ``mode="yolov5"``, which equals it (and the plain-PyTorch reference of that mode as ``eager``).
 """
 
 from typing import Optional
@@ -139,6 +138,7 @@ def yolov5_case(batch: int, device: str) -> Optional[Case]:
         inputs=(targets, counts, *preds),
         providers={
             "fastmtl": fwd_bwd(_anchor_fn(yolo_anchor_loss, mode="yolov5")),
+            "eager": fwd_bwd(_anchor_fn(yolo_anchor_loss_reference, mode="yolov5")),
             "yolov5": fwd_bwd(yolov5),
         },
         pass_="fwd+bwd",

@@ -145,7 +145,10 @@ def yolov5_balance(levels: int, options) -> tuple:
         if levels > len(_YOLOV5_BALANCE_OTHER):
             raise ValueError(f"balance: yolov5 has no default for {levels} scales; pass one weight per scale")
         balance = _YOLOV5_BALANCE.get(levels, _YOLOV5_BALANCE_OTHER)
-    balance = tuple(float(b) for b in balance)
+    try:
+        balance = tuple(float(b) for b in balance)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"balance must be numbers, one per scale, got {balance!r}") from e
     if len(balance) < levels:
         raise ValueError(f"balance must have one weight per scale ({levels}), got {len(balance)}")
     return balance

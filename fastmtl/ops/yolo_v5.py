@@ -31,6 +31,8 @@ def yolov5_means(
     """yolov5's ``lbox, lobj, lcls`` before the gains: per scale, the mean of ``1 - CIoU`` over
     its candidates, ``balance[l]`` times the objectness BCE mean over its predictions, the class
     BCE mean over its candidates' one-hots; summed over the scales. Float32 for half predictions."""
+    if isinstance(anchor_t, bool) or not isinstance(anchor_t, (int, float)):
+        raise InputError(f"anchor_t must be a number, got {type(anchor_t).__name__}")
     compute_grad = torch.is_grad_enabled() and any(p.requires_grad for p in preds)
     sums, candidates, *_ = torch.ops.fastmtl.yolov5_loss(
         list(preds), targets, counts, anchors, [float(s) for s in strides], float(anchor_t), compute_grad

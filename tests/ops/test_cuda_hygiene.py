@@ -85,6 +85,12 @@ def _hot_path_calls():
         "yolo_anchor_loss": lambda: yolo_anchor_loss(
             anchor_preds, yolo_targets, yolo_counts, anchors, YOLOV5_STRIDES
         )["total"],
+        "yolo_anchor_loss_ciou": lambda: yolo_anchor_loss(
+            anchor_preds, yolo_targets, yolo_counts, anchors, YOLOV5_STRIDES, box_loss="ciou"
+        )["total"],
+        "yolo_anchor_loss_yolov5": lambda: yolo_anchor_loss(
+            anchor_preds, yolo_targets, yolo_counts, anchors, YOLOV5_STRIDES, mode="yolov5"
+        )["total"],
     }
 
 
@@ -92,6 +98,7 @@ HOT_PATH = [
     "box_iou", "generalized_box_iou", "complete_box_iou", "giou_loss", "ciou_loss", "box_area", "box_convert",
     "roi_align", "roi_align_deterministic", "roi_pool", "roi_align_list", "multiscale_roi_align",
     "gram_matrix", "style_loss", "content_loss", "multiclass_nms", "yolo_v1_loss", "yolo_anchor_loss",
+    "yolo_anchor_loss_ciou", "yolo_anchor_loss_yolov5",
 ]  # fmt: skip
 
 

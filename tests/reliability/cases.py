@@ -29,6 +29,7 @@ from fastmtl.metrics._coco_reference import coco_evaluate as coco_reference
 from fastmtl.ops import _reference as R
 from fastmtl.ops._yolo_anchor_reference import yolo_anchor_loss_reference
 from fastmtl.ops._yolo_v1_reference import yolo_v1_terms
+from fastmtl.ops.yolo_v5 import yolov5_means
 
 ERRORS = (TypeError, ValueError, RuntimeError, NotImplementedError)
 
@@ -448,6 +449,17 @@ def _specs():
         floats=("ignore_threshold",),
         related={k: ("preds", "targets", "counts", "anchors") for k in v3_tensors},
     )
+    # its yolov5 mode, through the means that fastmtl.losses.yolo_anchor_loss takes of the op
+    add(
+        "yolov5_loss",
+        "op",
+        lambda preds0, preds1, **kw: torch.stack(yolov5_means([preds0, preds1], **kw)),
+        _yolov5,
+        _yolov5_reference,
+        tensors=v3_tensors,
+        floats=("anchor_t",),
+        related={k: ("preds", "targets", "counts", "anchors") for k in v3_tensors},
+    )
     # COCO evaluation (fastmtl.metrics.coco_evaluate calls it; the op route only) --------------
     add(
         "coco_evaluate",
@@ -502,6 +514,21 @@ def _yolo_v3_reference(preds0, preds1, targets, counts, anchors, strides, ignore
         rows.append(torch.stack([out[k] for k in ("box", "obj", "noobj", "cls")]))
     dt = R.compute_dtype(preds0.dtype)
     return torch.stack(rows).to(dt) if rows else torch.zeros(0, 4, dtype=dt)
+
+
+def _yolov5(g) -> dict:
+    out = _yolo_v3(g)
+    del out["ignore_threshold"], out["compute_grad"]
+    return {**out, "anchor_t": 4.0, "balance": (4.0, 1.0)}
+
+
+def _yolov5_reference(preds0, preds1, targets, counts, anchors, strides, anchor_t, balance):
+    """yolov5's three means before the gains (the plain-PyTorch loss with unit gains)."""
+    out = yolo_anchor_loss_reference(
+        [preds0, preds1], targets, counts, anchors, strides, mode="yolov5", anchor_t=anchor_t, balance=balance,
+        lambda_box=1.0, lambda_obj=1.0, lambda_cls=1.0, reduction="mean",
+    )  # fmt: skip
+    return torch.stack([out[k] for k in ("box", "obj", "cls")]).to(R.compute_dtype(preds0.dtype))
 
 
 COCO_DETS = ("det_boxes", "det_scores", "det_labels", "det_images")
