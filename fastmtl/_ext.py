@@ -31,10 +31,17 @@ def has_compiled_ops() -> bool:
 
 @functools.cache
 def compiled_op_names() -> tuple:
-    """Every op the extension registered under ``torch.ops.fastmtl`` (``"fastmtl::name"``)."""
+    """Every op the extension registered under ``torch.ops.fastmtl`` (``"fastmtl::name"``): those
+    with a CPU kernel, so not the composites Python defines (``_yolo_v1_loss_vjp``)."""
     if not has_compiled_ops():
         return ()
-    return tuple(sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastmtl::")))
+    return tuple(
+        sorted(
+            n
+            for n in torch._C._dispatch_get_all_op_names()
+            if n.startswith("fastmtl::") and torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU")
+        )
+    )
 
 
 def has_cuda_ops() -> bool:

@@ -122,7 +122,8 @@ def _named(terms: Tensor, reduction: str) -> dict[str, Tensor]:
     else:  # the scripted path: no Python checks ran
         raise ValueError("Invalid value for reduction: expected 'none', 'mean' or 'sum'")
     coord, size, obj, noobj, cls = reduced.unbind(0)  # one op for the five views
-    return {"total": reduced.sum(0), "coord": coord, "size": size, "obj": obj, "noobj": noobj, "class": cls}
+    total = reduced.sum(0) if reduction != "sum" else terms.sum()  # "sum": one backward node fewer
+    return {"total": total, "coord": coord, "size": size, "obj": obj, "noobj": noobj, "class": cls}
 
 
 def _check(
@@ -207,8 +208,15 @@ def check_padded_targets(targets, counts, n: int) -> None:
         raise InputError(f"counts must be int64 or int32, got {counts.dtype}")
 
 
+_LIB = None  # the torch.library.Library that holds _yolo_v1_loss_vjp (kept alive)
+
+
 def _register() -> None:
-    """Fake (meta) kernels for torch.compile and the autograd formula of the fused op."""
+    """Fake (meta) kernels for torch.compile, and the double backward of the fused op. Its
+    autograd kernel is C++ (csrc/ops/yolo/yolo_v1_autograd.cpp): the backward scales the saved
+    gradient; under create_graph it calls _yolo_v1_loss_vjp, the reference's vector-Jacobian
+    product defined here, which autograd differentiates again."""
+    global _LIB
     lib = "fastmtl::"
 
     @torch.library.register_fake(lib + "yolo_v1_loss")
@@ -224,29 +232,16 @@ def _register() -> None:
     def _(grad_terms, grad, responsible, num_boxes):
         return grad.new_empty(grad.shape)
 
-    def setup_context(ctx, inputs, output):
-        pred, targets, counts, *options, compute_grad = inputs
-        _, grad, responsible = output
-        ctx.mark_non_differentiable(grad, responsible)
-        ctx.options, ctx.compute_grad = options, compute_grad
-        ctx.save_for_backward(pred, targets, counts, grad, responsible)
+    def vjp(pred, targets, counts, grad_terms, *options):
+        _, pullback = torch.func.vjp(lambda p: yolo_v1_terms(p, targets, counts, *options), pred)
+        return pullback(grad_terms)[0]
 
-    def backward(ctx, grad_terms, _grad_grad, _grad_responsible):
-        pred, targets, counts, grad, responsible = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return (None,) * 10
-        if torch.is_grad_enabled():  # double backward: the reference's vector-Jacobian product
-            _, vjp = torch.func.vjp(lambda p: yolo_v1_terms(p, targets, counts, *ctx.options), pred)
-            return (vjp(grad_terms)[0],) + (None,) * 9
-        if not ctx.compute_grad:
-            raise RuntimeError("yolo_v1_loss was called with compute_grad=False: it saved no gradient")
-        num_boxes = ctx.options[0]
-        grad_pred = torch.ops.fastmtl._yolo_v1_loss_backward(
-            grad_terms.contiguous(), grad, responsible, num_boxes
-        )
-        return (grad_pred,) + (None,) * 9
-
-    torch.library.register_autograd(lib + "yolo_v1_loss", backward, setup_context=setup_context)
+    _LIB = torch.library.Library("fastmtl", "FRAGMENT")
+    _LIB.define(
+        "_yolo_v1_loss_vjp(Tensor pred, Tensor targets, Tensor counts, Tensor grad_terms, int num_boxes, "
+        "int num_classes, float lambda_coord, float lambda_noobj, str wh, str conf_target) -> Tensor"
+    )
+    _LIB.impl("_yolo_v1_loss_vjp", vjp, "CompositeImplicitAutograd")
 
 
 if has_compiled_ops():

@@ -7,7 +7,8 @@
 //
 // Autograd: the backward formulas are registered from Python (fastmtl/ops/*.py, with
 // torch.library.register_autograd). They apply to these calls only in a process where Python
-// has imported fastmtl; see "C++ callers and autograd" in docs/adding-an-op.md.
+// has imported fastmtl (yolo_v1_loss's is C++: it differentiates without Python, once); see
+// "C++ callers and autograd" in docs/adding-an-op.md.
 //
 // Arguments come in the order of the schemas (torch.ops.fastmtl.<op>, csrc/ops/*/<family>.cpp);
 // shapes, dtypes and defaults are those of the Python functions of fastmtl.ops (see their
