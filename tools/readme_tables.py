@@ -188,7 +188,7 @@ BLOCKS = {
         ops=("yolo_v1_loss", "yolo_anchor_loss"),
         columns=("op", "batch", "setting"),
         label=yolo_row,
-        providers=("fastmtl", "eager", "compile", "yolov5"),
+        providers=("fastmtl", "uncached", "eager", "compile", "yolov5"),
     ),
     "bench-cpu-coco": Table(
         results="benchmarks/results/bench-cpu-20261126T033219Z.json",

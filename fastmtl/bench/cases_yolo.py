@@ -6,6 +6,8 @@ objects per image. ``yolo_anchor_loss``: YOLOv3's three scales of a 416-pixel im
 first:
 
 - ``fastmtl``: the fused loss (one pass for the loss and the gradient);
+- ``uncached``: the fused anchor loss with its CPU gradient cache off (``fastmtl.empty_grad_cache``):
+  every backward pays for the page faults of a fresh dense gradient, as the other providers do;
 - ``eager``: the plain-PyTorch loss of the same rules (``fastmtl.ops._yolo_v1_reference`` and
   ``_yolo_anchor_reference``, vectorized: no Python loop over images or boxes), as a user would
   write it carefully; autograd builds its backward;
@@ -86,6 +88,21 @@ def make_anchor_inputs(batch: int, classes: int = 80, *, seed: int = 0, dtype=to
     return [p.requires_grad_() for p in preds], targets.to(device), counts.to(device)
 
 
+def _uncached(fn):
+    """fn with the fused losses' CPU gradient cache off (and emptied) during each call."""
+    if not fastmtl.has_compiled_ops():
+        return fn
+
+    def run(*args):
+        previous = torch.ops.fastmtl._set_grad_cache_limit(0)
+        try:
+            return fn(*args)
+        finally:
+            torch.ops.fastmtl._set_grad_cache_limit(previous)
+
+    return run
+
+
 def _anchor_fn(fn, **options):
     anchors = torch.tensor(YOLOV5_ANCHORS, dtype=torch.float32)
 
@@ -100,7 +117,8 @@ def _anchor_fn(fn, **options):
 def anchor_case(batch: int, device: str, *, use_compile: bool = True) -> Case:
     preds, targets, counts = make_anchor_inputs(batch, device=device)
     eager = _anchor_fn(yolo_anchor_loss_reference)
-    providers = {"fastmtl": fwd_bwd(_anchor_fn(yolo_anchor_loss)), "eager": fwd_bwd(eager)}
+    fused = fwd_bwd(_anchor_fn(yolo_anchor_loss))
+    providers = {"fastmtl": fused, "uncached": _uncached(fused), "eager": fwd_bwd(eager)}
     if use_compile:
         providers["compile"] = fwd_bwd(torch.compile(eager, dynamic=False))
     return Case(
@@ -138,6 +156,7 @@ def yolov5_case(batch: int, device: str) -> Optional[Case]:
         inputs=(targets, counts, *preds),
         providers={
             "fastmtl": fwd_bwd(_anchor_fn(yolo_anchor_loss, mode="yolov5")),
+            "uncached": _uncached(fwd_bwd(_anchor_fn(yolo_anchor_loss, mode="yolov5"))),
             "eager": fwd_bwd(_anchor_fn(yolo_anchor_loss_reference, mode="yolov5")),
             "yolov5": fwd_bwd(yolov5),
         },

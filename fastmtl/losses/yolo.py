@@ -111,7 +111,8 @@ def yolo_anchor_loss(
         anchors = anchors.to(compute_dtype(preds[0].dtype))
     n = preds[0].shape[0]
     if mode == "v3":
-        terms = yolo_v3_terms(preds, targets, counts, anchors, strides, ignore_threshold, box_loss == "ciou").sum(0)
+        ciou = box_loss == "ciou"
+        terms = yolo_v3_terms(preds, targets, counts, anchors, strides, ignore_threshold, ciou).sum(0)
         terms = dict(zip(TERMS, terms.unbind()))
         gains, scale = {}, 1.0
     else:

@@ -4,9 +4,10 @@ The saved gradient is compact: the objectness value of every prediction and whol
 the assigned ones (at most one per target), since every other value of the gradient is zero.
 
 The public entry is :func:`fastmtl.losses.yolo_anchor_loss`, which takes this path for
-``mode="v3"`` when the extension is built, and the plain-PyTorch reference (:mod:`fastmtl.ops._yolo_anchor_reference`, whose docstring states every rule)
-otherwise. :func:`yolo_v3_terms` returns the unweighted per-image terms ``[N, 4]`` (box, obj,
-noobj, cls), differentiable in the predictions (not twice: double backward raises).
+``mode="v3"`` when the extension is built, and the plain-PyTorch reference
+(:mod:`fastmtl.ops._yolo_anchor_reference`, whose docstring states every rule) otherwise.
+:func:`yolo_v3_terms` returns the unweighted per-image terms ``[N, 4]`` (box, obj, noobj, cls),
+differentiable in the predictions (not twice: double backward raises).
 """
 
 import math

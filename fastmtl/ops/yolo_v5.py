@@ -56,7 +56,8 @@ def check_op_args(preds, targets, counts, anchors, strides, anchor_t) -> None:
     rows, na = targets.shape[1], preds[0].shape[1]
     if _OFFSETS * na * rows >= 2**31:
         raise InputError(
-            f"targets: {rows} rows per image make 5 x {na} x {rows} candidate slots; at most 2^31 - 1 are supported"
+            f"targets: {rows} rows per image make 5 x {na} x {rows} candidate slots; "
+            "at most 2^31 - 1 are supported"
         )
 
 
@@ -91,7 +92,9 @@ def _register() -> None:
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
         if torch.is_grad_enabled():
-            raise RuntimeError("yolov5_loss: double backward is not supported (the saved gradient is constant)")
+            raise RuntimeError(
+                "yolov5_loss: double backward is not supported (the saved gradient is constant)"
+            )
         if not ctx.compute_grad:
             raise RuntimeError("yolov5_loss was called with compute_grad=False: it saved no gradient")
         *obj_grads, rows, row_slots = ctx.saved_tensors

@@ -65,7 +65,13 @@ def test_v3_terms_and_gradients_match_the_reference(thr, reduction, box_loss, ge
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"reduction": "mean"}, {"anchor_t": 2.0}, {"anchor_t": 50.0, "balance": (1.0, 2.0, 3.0)}, {"lambda_box": 3}],
+    [
+        {},
+        {"reduction": "mean"},
+        {"anchor_t": 2.0},
+        {"anchor_t": 50.0, "balance": (1.0, 2.0, 3.0)},
+        {"lambda_box": 3},
+    ],
 )
 def test_yolov5_terms_and_gradients_match_the_reference(options, gen):
     preds, t, counts = make(gen)
@@ -77,7 +83,8 @@ def test_yolov5_cell_edges_neighbours_and_image_borders(gen):
     """Centres on cell edges (both neighbours on an axis), at the image edges (cx = 0 and 1, the
     clamped cell), one class (no class term), four scales (yolov5's default balance for P3-P6)."""
     preds, t, counts = make(gen, n=2, sides=(16, 8, 4, 2), classes=1, max_boxes=6, counts=[6, 5])
-    t[0, :, 1:3] = torch.tensor([[0.5, 0.25], [0.0, 1.0], [1.0, 0.0], [0.125, 0.0625], [1.0, 1.0], [0.3, 0.5]])
+    centres = [[0.5, 0.25], [0.0, 1.0], [1.0, 0.0], [0.125, 0.0625], [1.0, 1.0], [0.3, 0.5]]
+    t[0, :, 1:3] = torch.tensor(centres)
     t[..., 3:] *= 0.4
     anchors = torch.cat((ANCHORS, ANCHORS[-1:] * 2))
     outs = []
@@ -138,7 +145,7 @@ def test_opcheck_and_compile(gen):
 
     for variant in VARIANTS.values():
 
-        def total(*ps):
+        def total(*ps, variant=variant):
             return yolo_anchor_loss(list(ps), t, counts, anchors, YOLOV5_STRIDES, **variant)["total"]
 
         compiled = torch.compile(total, fullgraph=True, backend="eager")
@@ -192,7 +199,8 @@ def test_double_backward_raises(variant, gen):
 )
 def test_bad_input_names_the_argument(change, match, variant, gen):
     preds, t, counts = make(gen)
-    a = {"preds": preds, "targets": t, "counts": counts, "anchors": ANCHORS, "strides": YOLOV5_STRIDES, **variant}
+    a = {"preds": preds, "targets": t, "counts": counts, "anchors": ANCHORS, "strides": YOLOV5_STRIDES}
+    a.update(variant)
     change(a)
     with pytest.raises((ValueError, RuntimeError), match=match):
         yolo_anchor_loss(**a)

@@ -338,9 +338,7 @@ def test_yolov5_mode_equals_compute_loss(compute_loss, impl, gen, seed, case):
     grads_got = torch.autograd.grad(got["total"] * 0.7, preds)
     for g, r in zip(grads_got, grads_want):
         assert_close(g, r, rtol=1e-6, atol=1e-9 * max(r.abs().max().item(), 1.0), msg=tol["msg"])
-    mean = impl(
-        preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5", reduction="mean"
-    )
+    mean = impl(preds, targets, counts, anchors, YOLOV5_STRIDES, mode="yolov5", reduction="mean")
     assert_close(mean["total"], items.sum(), **tol)
 
 

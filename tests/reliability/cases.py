@@ -525,8 +525,8 @@ def _yolov5(g) -> dict:
 def _yolov5_reference(preds0, preds1, targets, counts, anchors, strides, anchor_t, balance):
     """yolov5's three means before the gains (the plain-PyTorch loss with unit gains)."""
     out = yolo_anchor_loss_reference(
-        [preds0, preds1], targets, counts, anchors, strides, mode="yolov5", anchor_t=anchor_t, balance=balance,
-        lambda_box=1.0, lambda_obj=1.0, lambda_cls=1.0, reduction="mean",
+        [preds0, preds1], targets, counts, anchors, strides, mode="yolov5", anchor_t=anchor_t,
+        balance=balance, lambda_box=1.0, lambda_obj=1.0, lambda_cls=1.0, reduction="mean",
     )  # fmt: skip
     return torch.stack([out[k] for k in ("box", "obj", "cls")]).to(R.compute_dtype(preds0.dtype))
 

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "../checks.h"
+#include "../grad_cache.h"
 #include "../huge_pages.h"
 
 namespace fastmtl {
@@ -118,8 +119,9 @@ YoloV3Buffers yolo_v3_buffers(at::TensorList preds, int64_t max_boxes, bool comp
 at::Tensor empty_prediction_grad(const at::Tensor& obj_grad, int64_t values) {
   std::vector<int64_t> shape(obj_grad.sizes().begin(), obj_grad.sizes().end());
   shape.push_back(values);
-  at::Tensor out = at::empty(shape, obj_grad.options());
-  advise_huge_pages(out);  // written whole by the backward kernels
+  // written whole by the backward kernels: a recycled CPU buffer will do
+  at::Tensor out = cached_cpu_empty(shape, obj_grad.options());
+  advise_huge_pages(out);
   return out;
 }
 
