@@ -184,7 +184,7 @@ BLOCKS = {
         providers=("bmm", "compile"),
     ),
     "bench-cpu-yolo": Table(
-        results="benchmarks/results/bench-cpu-20261126T033940Z.json",
+        results="benchmarks/results/bench-cpu-20261126T050709Z.json",
         ops=("yolo_v1_loss", "yolo_anchor_loss"),
         columns=("op", "batch", "setting"),
         label=yolo_row,
