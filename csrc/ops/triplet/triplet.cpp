@@ -1,0 +1,120 @@
+// Schemas, checks and the device-independent parts of the fused batch triplet loss: the Gram
+// matrix and the backward's matrix products (ATen, so BLAS or cuBLAS), around the row kernels of
+// triplet_cpu.cpp and triplet_cuda.cu.
+#include "triplet.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "../checks.h"
+
+namespace fastmtl {
+
+namespace {
+
+constexpr int64_t kMaxRows = int64_t(1) << 20;  // the B x B buffers
+constexpr double kNormEps = 1e-12;              // F.normalize's
+
+triplet::Mining parse_mining(c10::string_view mining) {
+  static constexpr Choice<triplet::Mining> kChoices[] = {{"all", triplet::kAll},
+                                                         {"hard", triplet::kHard},
+                                                         {"semihard", triplet::kSemihard},
+                                                         {"semihard_all", triplet::kSemihardAll}};
+  return parse_choice(mining, "mining", kChoices);
+}
+
+triplet::Metric parse_distance(c10::string_view distance) {
+  static constexpr Choice<triplet::Metric> kChoices[] = {
+      {"euclidean", triplet::kEuclidean}, {"squared_euclidean", triplet::kSquared}, {"cosine", triplet::kCosine}};
+  return parse_choice(distance, "distance", kChoices);
+}
+
+void check_args(const at::Tensor& x, const at::Tensor& labels, double margin) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) >= 1, "embeddings must have shape [B, D] with D >= 1, got ", x.sizes());
+  check_kernel_float(x, "embeddings");
+  TORCH_CHECK_VALUE(x.size(0) < kMaxRows, "embeddings: B = ", x.size(0),
+                    " rows; at most 2^20 - 1 (the loss keeps B x B distances)");
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == x.size(0), "labels must have shape [", x.size(0), "], got ",
+              labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
+              "labels must be int64 or int32, got ", labels.scalar_type());
+  TORCH_CHECK(labels.device() == x.device(), "labels must be on the device of embeddings, got ", labels.device(),
+              " and ", x.device());
+  TORCH_CHECK_VALUE(std::isfinite(margin), "margin must be finite, got ", margin);
+  if (x.is_cpu()) {  // a device tensor's values would need a sync
+    TORCH_CHECK_VALUE(x.isfinite().all().item<bool>(), "embeddings contains NaN or infinite values");
+  }
+}
+
+// The rows the distances are taken of: normalized for cosine (F.normalize's clamp).
+at::Tensor metric_rows(const at::Tensor& x, int metric) {
+  if (metric != triplet::kCosine) return x;
+  return x / x.norm(2, 1, true).clamp_min(kNormEps);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor& embeddings, const at::Tensor& labels,
+                                                               double margin, c10::string_view mining,
+                                                               c10::string_view distance, bool compute_grad,
+                                                               const TripletKernels& kernels) {
+  check_args(embeddings, labels, margin);
+  const triplet::Mining mode = parse_mining(mining);
+  const triplet::Metric metric = parse_distance(distance);
+  const int64_t b = embeddings.size(0);
+  const auto acc = accumulate_type(embeddings.scalar_type());
+  const at::Tensor x = metric_rows(embeddings.to(acc), metric).contiguous();
+  const at::Tensor norms = (x * x).sum(1);
+  at::Tensor d = at::mm(x, x.t()).contiguous();  // the Gram matrix, then the distances in place
+  at::Tensor w = at::empty({b, b}, x.options());
+  at::Tensor loss = at::empty({b}, x.options());
+  at::Tensor stats = at::empty({b, triplet::kStats}, x.options().dtype(at::kDouble));
+  if (b > 0) {
+    kernels.distances(x, norms, d, metric);
+    kernels.rows(d, labels.to(at::kLong).contiguous(), margin, mode, metric, w, loss, stats);
+    if (metric == triplet::kCosine) stats.narrow(1, triplet::kPosSum, 2).neg_();  // similarities
+  }
+  return {loss, stats, compute_grad ? w : at::empty({0}, x.options())};
+}
+
+at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& embeddings,
+                            c10::string_view distance) {
+  const triplet::Metric metric = parse_distance(distance);
+  const int64_t b = embeddings.dim() == 2 ? embeddings.size(0) : -1;
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == b && weights.size(1) == b, "weights must have shape [", b,
+              ", ", b, "], got ", weights.sizes());
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == b, "grad_loss must have shape [", b, "], got ",
+              grad_loss.sizes());
+  const auto acc = accumulate_type(embeddings.scalar_type());
+  const at::Tensor x = embeddings.to(acc);
+  const at::Tensor m = weights * grad_loss.to(acc).unsqueeze(1);  // M[a, j] = g[a] w[a, j]
+  if (metric != triplet::kCosine) {
+    // d d(i, j) / d x_i = (x_i - x_j) w-folded: (rowsum + colsum) x_i - (M + M^T) x
+    const at::Tensor scale = (m.sum(1) + m.sum(0)).unsqueeze(1);
+    return (scale * x - at::mm(m, x) - at::mm(m.t(), x)).to(embeddings.scalar_type());
+  }
+  // s(i, j) = u_i . u_j, u = x / max(|x|, eps): d/du_i = (M + M^T) u, then through the normalization
+  const at::Tensor n = x.norm(2, 1, true);
+  const at::Tensor u = x / n.clamp_min(kNormEps);
+  const at::Tensor gu = at::mm(m, u) + at::mm(m.t(), u);
+  const at::Tensor projected = (gu - (gu * u).sum(1, true) * u) / n.clamp_min(kNormEps);
+  return at::where(n > kNormEps, projected, gu / kNormEps).to(embeddings.scalar_type());
+}
+
+}  // namespace fastmtl
+
+TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
+  // The batch triplet loss of embeddings [B, D] with labels [B], mined online (mining "all",
+  // "hard", "semihard" or "semihard_all"; distance "euclidean", "squared_euclidean" or "cosine").
+  // Returns per anchor the sum of its triplets' losses [B] (float32 for half embeddings), the
+  // statistics [B, 4] float64 (active triplets, mined triplets, sums of the mined d(a, p) and
+  // d(a, n), similarities for cosine) and, with compute_grad, the weights [B, B] of the gradient
+  // (d loss_a / d d(a, j) folded with the metric's derivative).
+  m.def(
+      "triplet_margin_loss(Tensor embeddings, Tensor labels, float margin, str mining, str distance, "
+      "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  // d(sum_a grad_loss[a] loss[a]) / d embeddings, from the weights.
+  m.def("_triplet_margin_loss_backward(Tensor grad_loss, Tensor weights, Tensor embeddings, str distance) -> Tensor");
+}

@@ -1,0 +1,33 @@
+#pragma once
+// Shared declarations of the fused batch triplet loss (math in csrc/kernels/triplet.h).
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+#include "../../kernels/triplet.h"
+
+namespace fastmtl {
+
+// The device's two kernels: Gram matrix -> distances in place (x: the rows in the accumulation
+// dtype, normalized for cosine; norms: their squared norms), and one pass per anchor row
+// (distances [B, B] -> weights [B, B], loss [B], stats [B, 4] float64).
+struct TripletKernels {
+  void (*distances)(const at::Tensor& x, const at::Tensor& norms, at::Tensor& gram, int metric);
+  void (*rows)(const at::Tensor& d, const at::Tensor& labels, double margin, int mining, int metric, at::Tensor& w,
+               at::Tensor& loss, at::Tensor& stats);
+};
+
+// The forward of any device: checks, the Gram matrix (at::mm), the kernels. Returns per-anchor
+// loss sums [B] (accumulation dtype), stats [B, 4] (active, mined, sum of d(a, p), of d(a, n);
+// float64) and, with compute_grad, the weights [B, B] the backward multiplies ([0] without).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor& embeddings, const at::Tensor& labels,
+                                                               double margin, c10::string_view mining,
+                                                               c10::string_view distance, bool compute_grad,
+                                                               const TripletKernels& kernels);
+
+// The backward of any device (ATen matrix products only): the gradient of sum_a grad_loss[a] *
+// loss[a] with respect to embeddings.
+at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& embeddings,
+                            c10::string_view distance);
+
+}  // namespace fastmtl

@@ -1,0 +1,97 @@
+// CUDA kernels of the fused batch triplet loss: distances from the Gram matrix (a thread per
+// pair), then a thread per anchor row for the mining, loss, statistics and gradient weights (the
+// shared header's anchor_row: each row is one thread's sequential pass, so the sums have a fixed
+// order and no atomics). The matrix products are cuBLAS through ATen (triplet.cpp).
+// A row costs O(P N) steps (its positives times its negatives): at B = 4096 with 4 samples per
+// identity that is 12k steps per thread; batches of two classes cost O(B^2) per thread.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../common.h"
+#include "triplet.h"
+
+namespace fastmtl {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void triplet_distances_kernel(const T* __restrict__ x, const T* __restrict__ norms, T* __restrict__ g,
+                                         int64_t b, int64_t dim, int metric) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < b * b; k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = k / b, j = k % b;
+    g[k] = triplet::pair_distance(metric, x + i * dim, x + j * dim, dim, norms[i], norms[j], g[k]);
+  }
+}
+
+template <typename T>
+__global__ void triplet_rows_kernel(const T* __restrict__ d, const int64_t* __restrict__ labels, int64_t b, T margin,
+                                    int mining, int metric, T* __restrict__ w, T* __restrict__ loss,
+                                    double* __restrict__ stats) {
+  for (int64_t a = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; a < b; a += int64_t(gridDim.x) * blockDim.x) {
+    const triplet::RowSums<T> s = triplet::anchor_row(d + a * b, labels, b, a, margin, mining, metric, w + a * b);
+    loss[a] = static_cast<T>(s.loss);
+    double* row = stats + triplet::kStats * a;
+    row[triplet::kActive] = s.active;
+    row[triplet::kMined] = s.mined;
+    row[triplet::kPosSum] = s.pos;
+    row[triplet::kNegSum] = s.neg;
+  }
+}
+
+template <typename T>
+void launch_distances(const at::Tensor& x, const at::Tensor& norms, at::Tensor& gram, int metric) {
+  const int64_t b = x.size(0);
+  triplet_distances_kernel<T><<<grid_stride_blocks(b * b, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      x.const_data_ptr<T>(), norms.const_data_ptr<T>(), gram.mutable_data_ptr<T>(), b, x.size(1), metric);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_rows(const at::Tensor& d, const at::Tensor& labels, double margin, int mining, int metric, at::Tensor& w,
+                 at::Tensor& loss, at::Tensor& stats) {
+  const int64_t b = d.size(0);
+  triplet_rows_kernel<T><<<grid_stride_blocks(b, 128), 128, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      d.const_data_ptr<T>(), labels.const_data_ptr<int64_t>(), b, static_cast<T>(margin), mining, metric,
+      w.mutable_data_ptr<T>(), loss.mutable_data_ptr<T>(), stats.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void distances_cuda(const at::Tensor& x, const at::Tensor& norms, at::Tensor& gram, int metric) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "triplet_distances_cuda",
+                             [&] { launch_distances<scalar_t>(x, norms, gram, metric); });
+}
+
+void rows_cuda(const at::Tensor& d, const at::Tensor& labels, double margin, int mining, int metric, at::Tensor& w,
+               at::Tensor& loss, at::Tensor& stats) {
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "triplet_rows_cuda",
+                             [&] { launch_rows<scalar_t>(d, labels, margin, mining, metric, w, loss, stats); });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_cuda(const at::Tensor& embeddings,
+                                                                        const at::Tensor& labels, double margin,
+                                                                        c10::string_view mining,
+                                                                        c10::string_view distance, bool compute_grad) {
+  const c10::cuda::CUDAGuard guard(embeddings.device());
+  static const TripletKernels kernels{&distances_cuda, &rows_cuda};
+  return triplet_forward(embeddings, labels, margin, mining, distance, compute_grad, kernels);
+}
+
+at::Tensor triplet_margin_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& weights,
+                                             const at::Tensor& embeddings, c10::string_view distance) {
+  const c10::cuda::CUDAGuard guard(embeddings.device());
+  return triplet_backward(grad_loss, weights, embeddings, distance);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
+  m.impl("triplet_margin_loss", &triplet_margin_loss_cuda);
+  m.impl("_triplet_margin_loss_backward", &triplet_margin_loss_backward_cuda);
+}
+
+}  // namespace fastmtl

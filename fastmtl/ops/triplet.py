@@ -1,0 +1,161 @@
+"""Batch triplet loss with online mining, fused: one pass per anchor row of the B x B distances
+mines its triplets, sums their losses and writes the row's gradient weights; the backward is
+two matrix products. The B x B x B triplet tensor is never built: memory is O(B^2).
+
+Rules (every one is in :mod:`fastmtl.ops._triplet_reference`, the tests' oracle and the
+fallback): a triplet ``(a, p, n)`` has ``p != a`` with ``a``'s label and ``n`` with another;
+its loss is ``max(d(a, p) - d(a, n) + margin, 0)`` (cosine: ``max(s(a, n) - s(a, p) + margin,
+0)``, the slides' form). ``mining``:
+
+* ``"all"``: every valid triplet (pytorch-metric-learning's ``TripletMarginLoss`` without a miner);
+* ``"hard"``: batch-hard, per anchor its farthest positive and closest negative
+  (``BatchHardMiner``), first index on ties;
+* ``"semihard"``: FaceNet's, per ``(a, p)`` the closest negative with
+  ``0 < d(a, n) - d(a, p) <= margin``;
+* ``"semihard_all"``: every triplet in that band (``TripletMarginMiner("semihard")``).
+
+``distance``: ``"euclidean"`` (gradient 0 between equal embeddings, as ``torch.cdist``),
+``"squared_euclidean"``, ``"cosine"`` (similarity of the L2-normalized embeddings).
+``reduction``: ``"mean_nonzero"`` (the mean over triplets with a loss > 0, 0 when there are
+none: pytorch-metric-learning's default), ``"mean"`` (over the mined triplets), ``"sum"``,
+``"none"`` (per anchor, the sum of its triplets' losses, ``[B]``).
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from fastmtl._ext import has_compiled_ops, use_compiled
+from fastmtl.ops._checks import InputError, check_choice
+from fastmtl.ops._reference import compute_dtype
+from fastmtl.ops._triplet_reference import DISTANCES, MINING, REDUCTIONS, triplet_terms_reference
+
+__all__ = ["triplet_margin_loss"]
+
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_MAX_ROWS = 2**20
+
+
+@torch.fx.wrap
+def triplet_margin_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    margin: float = 0.2,
+    *,
+    mining: str = "all",
+    distance: str = "euclidean",
+    reduction: str = "mean_nonzero",
+) -> "dict[str, Tensor]":
+    """Triplet loss of a batch, mined online (see the module for every rule).
+
+    Args:
+        embeddings: ``Tensor[B, D]``, float32/float64/float16/bfloat16 (half accumulated in float32).
+        labels: ``Tensor[B]`` int64/int32 identities, on the device of ``embeddings``.
+        margin: finite.
+        mining, distance, reduction: as in the module docstring.
+
+    Returns:
+        ``{"loss", "active_fraction", "pos_mean", "neg_mean", "active", "triplets"}``: the reduced
+        loss (``[B]`` with ``"none"``); the fraction of mined triplets with a loss > 0; the mean
+        ``d(a, p)`` and ``d(a, n)`` over the mined triplets (similarities for cosine; 0 when
+        none); the counts of active and mined triplets (float64). Float32 for half embeddings.
+    """
+    check_args(embeddings, labels, margin, mining, distance)
+    check_choice("reduction", reduction, REDUCTIONS)
+    if use_compiled(embeddings, "triplet_margin_loss"):
+        compute_grad = embeddings.requires_grad and torch.is_grad_enabled()
+        loss, stats, _ = torch.ops.fastmtl.triplet_margin_loss(
+            embeddings, labels, float(margin), mining, distance, compute_grad
+        )
+        active, mined, pos_sum, neg_sum = stats.unbind(1)
+    else:
+        x = embeddings.to(compute_dtype(embeddings.dtype))
+        loss, active, mined, pos_sum, neg_sum = triplet_terms_reference(x, labels, margin, mining, distance)
+    return _reduce(loss, active.sum(), mined.sum(), pos_sum.sum(), neg_sum.sum(), reduction)
+
+
+def _reduce(loss, active, mined, pos_sum, neg_sum, reduction) -> "dict[str, Tensor]":
+    """The reduced loss and the statistics, from per-anchor sums and batch counts (no host sync)."""
+    total = loss.sum()
+    if reduction == "mean_nonzero":
+        out = total / active.clamp(min=1).to(total.dtype)
+    elif reduction == "mean":
+        out = total / mined.clamp(min=1).to(total.dtype)
+    else:
+        out = total if reduction == "sum" else loss
+    some = mined.clamp(min=1)
+    stats = {"active_fraction": active / some, "pos_mean": pos_sum / some, "neg_mean": neg_sum / some}
+    stats = {k: v.to(total.dtype) for k, v in stats.items()}
+    return {"loss": out, **stats, "active": active, "triplets": mined}
+
+
+def check_args(embeddings, labels, margin, mining, distance) -> None:
+    """The C++ checks (csrc/ops/triplet/triplet.cpp), for every route and the fake kernel."""
+    for name, t in (("embeddings", embeddings), ("labels", labels)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if embeddings.dim() != 2 or embeddings.shape[1] < 1:
+        raise InputError(f"embeddings must have shape [B, D] with D >= 1, got {list(embeddings.shape)}")
+    if embeddings.dtype not in _FLOATS:
+        raise InputError(f"embeddings must be float32, float64, float16 or bfloat16, got {embeddings.dtype}")
+    if embeddings.shape[0] >= _MAX_ROWS:
+        raise InputError(
+            f"embeddings: B = {embeddings.shape[0]} rows; at most 2^20 - 1 (the loss keeps B x B distances)"
+        )
+    if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise InputError(f"labels must have shape [{embeddings.shape[0]}], got {list(labels.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"labels must be int64 or int32, got {labels.dtype}")
+    if labels.device != embeddings.device:
+        raise InputError(
+            f"labels must be on the device of embeddings, got {labels.device} and {embeddings.device}"
+        )
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+        raise InputError(f"margin must be a finite number, got {margin!r}")
+    check_choice("mining", mining, MINING)
+    check_choice("distance", distance, DISTANCES)
+
+
+def _register() -> None:
+    """Fake (meta) kernels for torch.compile and the autograd formula of the fused op."""
+    lib = "fastmtl::"
+
+    @torch.library.register_fake(lib + "triplet_margin_loss")
+    def _(embeddings, labels, margin, mining, distance, compute_grad):
+        check_args(embeddings, labels, margin, mining, distance)
+        b, dt = embeddings.shape[0], compute_dtype(embeddings.dtype)
+        loss = embeddings.new_empty((b,), dtype=dt)
+        stats = embeddings.new_empty((b, 4), dtype=torch.float64)
+        weights = embeddings.new_empty((b, b) if compute_grad else (0,), dtype=dt)
+        return loss, stats, weights
+
+    @torch.library.register_fake(lib + "_triplet_margin_loss_backward")
+    def _(grad_loss, weights, embeddings, distance):
+        return embeddings.new_empty(embeddings.shape)
+
+    def setup_context(ctx, inputs, output):
+        embeddings, _, _, _, distance, compute_grad = inputs
+        _, stats, weights = output
+        ctx.mark_non_differentiable(stats, weights)
+        ctx.distance, ctx.compute_grad = distance, compute_grad
+        ctx.save_for_backward(embeddings, weights)
+
+    def backward(ctx, grad_loss, _grad_stats, _grad_weights):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 6
+        if torch.is_grad_enabled():
+            raise RuntimeError("triplet_margin_loss: double backward is not supported")
+        if not ctx.compute_grad:
+            raise RuntimeError("triplet_margin_loss was called with compute_grad=False: it saved no gradient")
+        embeddings, weights = ctx.saved_tensors
+        grad = torch.ops.fastmtl._triplet_margin_loss_backward(
+            grad_loss.contiguous(), weights, embeddings, ctx.distance
+        )
+        return (grad,) + (None,) * 5
+
+    torch.library.register_autograd(lib + "triplet_margin_loss", backward, setup_context=setup_context)
+
+
+if has_compiled_ops():
+    _register()
