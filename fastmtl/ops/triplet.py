@@ -42,18 +42,18 @@ def triplet_margin_loss(
     embeddings: Tensor,
     labels: Tensor,
     margin: float = 0.2,
-    *,
     mining: str = "all",
     distance: str = "euclidean",
     reduction: str = "mean_nonzero",
-) -> "dict[str, Tensor]":
+) -> dict[str, Tensor]:
     """Triplet loss of a batch, mined online (see the module for every rule).
 
     Args:
         embeddings: ``Tensor[B, D]``, float32/float64/float16/bfloat16 (half accumulated in float32).
         labels: ``Tensor[B]`` int64/int32 identities, on the device of ``embeddings``.
         margin: finite.
-        mining, distance, reduction: as in the module docstring.
+        mining, distance, reduction: as in the module docstring (positional too: TorchScript has
+            no keyword-only arguments).
 
     Returns:
         ``{"loss", "active_fraction", "pos_mean", "neg_mean", "active", "triplets"}``: the reduced
@@ -61,33 +61,48 @@ def triplet_margin_loss(
         ``d(a, p)`` and ``d(a, n)`` over the mined triplets (similarities for cosine; 0 when
         none); the counts of active and mined triplets (float64). Float32 for half embeddings.
     """
-    check_args(embeddings, labels, margin, mining, distance)
-    check_choice("reduction", reduction, REDUCTIONS)
-    if use_compiled(embeddings, "triplet_margin_loss"):
-        compute_grad = embeddings.requires_grad and torch.is_grad_enabled()
-        loss, stats, _ = torch.ops.fastmtl.triplet_margin_loss(
-            embeddings, labels, float(margin), mining, distance, compute_grad
-        )
-        active, mined, pos_sum, neg_sum = stats.unbind(1)
-    else:
-        x = embeddings.to(compute_dtype(embeddings.dtype))
-        loss, active, mined, pos_sum, neg_sum = triplet_terms_reference(x, labels, margin, mining, distance)
-    return _reduce(loss, active.sum(), mined.sum(), pos_sum.sum(), neg_sum.sum(), reduction)
+    if not torch.jit.is_scripting():
+        check_args(embeddings, labels, margin, mining, distance)
+        check_choice("reduction", reduction, REDUCTIONS)
+        if not use_compiled(embeddings, "triplet_margin_loss"):
+            x = embeddings.to(compute_dtype(embeddings.dtype))
+            loss, active, mined, pos_sum, neg_sum = triplet_terms_reference(
+                x, labels, margin, mining, distance
+            )
+            return _reduce(loss, active.sum(), mined.sum(), pos_sum.sum(), neg_sum.sum(), reduction)
+    compute_grad = embeddings.requires_grad and torch.is_grad_enabled()
+    loss, stats, _ = torch.ops.fastmtl.triplet_margin_loss(
+        embeddings, labels, float(margin), mining, distance, compute_grad
+    )
+    sums = stats.sum(0)  # active, mined, sum of d(a, p), of d(a, n)
+    return _reduce(loss, sums[0], sums[1], sums[2], sums[3], reduction)
 
 
-def _reduce(loss, active, mined, pos_sum, neg_sum, reduction) -> "dict[str, Tensor]":
+def _reduce(
+    loss: Tensor, active: Tensor, mined: Tensor, pos_sum: Tensor, neg_sum: Tensor, reduction: str
+) -> dict[str, Tensor]:
     """The reduced loss and the statistics, from per-anchor sums and batch counts (no host sync)."""
+    active, mined = active.to(torch.float64), mined.to(torch.float64)  # the kernel's count dtype
     total = loss.sum()
     if reduction == "mean_nonzero":
         out = total / active.clamp(min=1).to(total.dtype)
     elif reduction == "mean":
         out = total / mined.clamp(min=1).to(total.dtype)
-    else:
-        out = total if reduction == "sum" else loss
+    elif reduction == "sum":
+        out = total
+    elif reduction == "none":
+        out = loss
+    else:  # the scripted path: no Python checks ran
+        raise ValueError("Invalid reduction: expected 'mean_nonzero', 'mean', 'sum' or 'none'")
     some = mined.clamp(min=1)
-    stats = {"active_fraction": active / some, "pos_mean": pos_sum / some, "neg_mean": neg_sum / some}
-    stats = {k: v.to(total.dtype) for k, v in stats.items()}
-    return {"loss": out, **stats, "active": active, "triplets": mined}
+    return {
+        "loss": out,
+        "active_fraction": (active / some).to(total.dtype),
+        "pos_mean": (pos_sum / some).to(total.dtype),
+        "neg_mean": (neg_sum / some).to(total.dtype),
+        "active": active,
+        "triplets": mined,
+    }
 
 
 def check_args(embeddings, labels, margin, mining, distance) -> None:

@@ -28,6 +28,7 @@ import fastmtl.ops as F
 from fastmtl.metrics._coco_reference import coco_evaluate as coco_reference
 from fastmtl.ops import _reference as R
 from fastmtl.ops._yolo_anchor_reference import yolo_anchor_loss_reference
+from fastmtl.ops._triplet_reference import triplet_terms_reference
 from fastmtl.ops._yolo_v1_reference import yolo_v1_terms
 from fastmtl.ops.yolo_v5 import yolov5_means
 
@@ -460,6 +461,29 @@ def _specs():
         floats=("anchor_t",),
         related={k: ("preds", "targets", "counts", "anchors") for k in v3_tensors},
     )
+    # Triplet loss ---------------------------------------------------------------------------
+    triplet_kw = dict(
+        tensors=("embeddings", "labels"),
+        floats=("margin",),
+        related={k: ("embeddings", "labels") for k in ("embeddings", "labels")},
+    )
+    add(
+        "triplet_margin_loss",
+        "py",
+        _py(F.triplet_margin_loss),
+        lambda g: {**_triplet(g), "mining": "semihard", "distance": "euclidean", "reduction": "none"},
+        strings=("mining", "distance", "reduction"),
+        **triplet_kw,
+    )
+    add(
+        "triplet_margin_loss",
+        "op",
+        lambda **kw: torch.ops.fastmtl.triplet_margin_loss(**kw)[0],
+        lambda g: {**_triplet(g), "mining": "all", "distance": "cosine", "compute_grad": False},
+        lambda compute_grad, **kw: triplet_terms_reference(**kw)[0],
+        strings=("mining", "distance"),
+        **triplet_kw,
+    )
     # COCO evaluation (fastmtl.metrics.coco_evaluate calls it; the op route only) --------------
     add(
         "coco_evaluate",
@@ -516,6 +540,11 @@ def _yolo_v3_reference(preds0, preds1, targets, counts, anchors, strides, ignore
     return torch.stack(rows).to(dt) if rows else torch.zeros(0, 4, dtype=dt)
 
 
+def _triplet(g, b=7, dim=4) -> dict:
+    labels = torch.randint(0, 3, (b,), generator=g)
+    return {"embeddings": torch.randn(b, dim, generator=g), "labels": labels, "margin": 0.3}
+
+
 def _yolov5(g) -> dict:
     out = _yolo_v3(g)
     del out["ignore_threshold"], out["compute_grad"]
@@ -570,13 +599,14 @@ GROUPS = {
     "roi": [n for n in SPECS if n.startswith("roi_")],
     "gram": [n for n in SPECS if n.startswith(("gram", "style", "content"))],
     "yolo": [n for n in SPECS if n.startswith("yolo")],
+    "triplet": [n for n in SPECS if n.startswith("triplet")],
     "coco": [n for n in SPECS if n.startswith("coco")],
 }
 assert sorted(sum(GROUPS.values(), [])) == sorted(SPECS)
 
 
 # The reference of the "py" route: the same function with the compiled kernels off ------------
-_MODULES = ("box_iou", "gram", "multiclass_nms", "nms", "roi", "soft_nms", "style", "yolo_v1")
+_MODULES = ("box_iou", "gram", "multiclass_nms", "nms", "roi", "soft_nms", "style", "triplet", "yolo_v1")
 
 
 @contextlib.contextmanager

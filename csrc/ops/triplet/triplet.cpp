@@ -4,6 +4,7 @@
 #include "triplet.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -16,6 +17,9 @@ namespace {
 
 constexpr int64_t kMaxRows = int64_t(1) << 20;  // the B x B buffers
 constexpr double kNormEps = 1e-12;              // F.normalize's
+// The matrix products inside compute in the embeddings' accumulation dtype, autocast or not (the
+// kernels read that dtype; a bf16 Gram matrix would also lose the distances' digits).
+constexpr auto kAutocastKeys = c10::DispatchKeySet({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA});
 
 triplet::Mining parse_mining(c10::string_view mining) {
   static constexpr Choice<triplet::Mining> kChoices[] = {{"all", triplet::kAll},
@@ -60,6 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor&
                                                                double margin, c10::string_view mining,
                                                                c10::string_view distance, bool compute_grad,
                                                                const TripletKernels& kernels) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
   check_args(embeddings, labels, margin);
   const triplet::Mining mode = parse_mining(mining);
   const triplet::Metric metric = parse_distance(distance);
@@ -81,6 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor&
 
 at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& embeddings,
                             c10::string_view distance) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
   const triplet::Metric metric = parse_distance(distance);
   const int64_t b = embeddings.dim() == 2 ? embeddings.size(0) : -1;
   TORCH_CHECK(weights.dim() == 2 && weights.size(0) == b && weights.size(1) == b, "weights must have shape [", b,
