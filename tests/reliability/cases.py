@@ -27,8 +27,8 @@ import torchvision.ops as tv
 import fastmtl.ops as F
 from fastmtl.metrics._coco_reference import coco_evaluate as coco_reference
 from fastmtl.ops import _reference as R
-from fastmtl.ops._yolo_anchor_reference import yolo_anchor_loss_reference
 from fastmtl.ops._triplet_reference import triplet_terms_reference
+from fastmtl.ops._yolo_anchor_reference import yolo_anchor_loss_reference
 from fastmtl.ops._yolo_v1_reference import yolo_v1_terms
 from fastmtl.ops.yolo_v5 import yolov5_means
 
