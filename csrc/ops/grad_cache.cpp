@@ -6,11 +6,14 @@
 // least recently freed evicted first) up to a limit: FASTMTL_GRAD_CACHE_MB, default 512; 0 turns
 // it off; torch.ops.fastmtl._set_grad_cache_limit changes it at run time.
 // torch.ops.fastmtl._empty_grad_cache() (fastmtl.empty_grad_cache) frees them. Like torch's CUDA
-// caching allocator, the process's memory between steps stays at its peak.
+// caching allocator, the process's memory between steps stays at its peak. A buffer counts as
+// allocated (for torch.profiler's memory figures) while a tensor holds it, as the CUDA caching
+// allocator counts its blocks.
 #include "grad_cache.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
@@ -80,6 +83,7 @@ void evict_to_limit(Cache& c, Blocks& evicted) {
 }
 
 void give_back(void* block, size_t bytes) {
+  c10::profiledCPUMemoryReporter().Delete(block);
   Cache& c = cache();
   Blocks evicted;
   {
@@ -107,6 +111,7 @@ at::Tensor cached_cpu_empty(at::IntArrayRef shape, const at::TensorOptions& opti
     return at::empty(shape, options);
   void* block = take(bytes);
   if (!block) block = c10::alloc_cpu(bytes);  // throws c10::Error when out of memory
+  c10::profiledCPUMemoryReporter().New(block, bytes);
   return at::from_blob(block, shape, [bytes](void* p) { give_back(p, bytes); }, options);
 }
 

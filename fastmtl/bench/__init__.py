@@ -21,6 +21,7 @@ REGISTRY = {
     "style_loss": "fastmtl.bench.cases_gram",
     "yolo": "fastmtl.bench.cases_yolo",
     "coco_evaluate": "fastmtl.bench.cases_coco",
+    "triplet": "fastmtl.bench.cases_triplet",
 }
 
 

@@ -275,7 +275,9 @@ def _time_calls(fn: Callable, inputs: tuple, device: torch.device, timing: Timin
 
 
 def _peak_mem_mb(fn: Callable, inputs: tuple, device: torch.device) -> Optional[float]:
-    """Peak memory one call allocates above what was held before it (CUDA only)."""
+    """Peak memory one call allocates above what was held before it."""
+    if device.type == "cpu":
+        return _cpu_peak_mem_mb(fn, inputs)
     if device.type != "cuda":
         return None
     _sync(device)
@@ -284,6 +286,29 @@ def _peak_mem_mb(fn: Callable, inputs: tuple, device: torch.device) -> Optional[
     fn(*inputs)
     _sync(device)
     return (torch.cuda.max_memory_allocated(device) - held) / 2**20
+
+
+def _cpu_peak_mem_mb(fn: Callable, inputs: tuple) -> Optional[float]:
+    """The CPU allocator's peak during one call, above its total before the call's first
+    allocation: torch.profiler records that total with each allocation (c10's CPU memory
+    reporter; fastmtl's gradient cache reports to it too). None without allocation events."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(*inputs)
+    events = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation and node.extra_fields.alloc_size > 0:
+            events.append((node.start_time_ns, node.extra_fields.total_allocated, node.extra_fields.alloc_size))
+        stack.extend(node.children)
+    if not events:
+        return None
+    events.sort()
+    before = events[0][1] - events[0][2]
+    return (max(total for _, total, _ in events) - before) / 2**20
 
 
 def _stats(times: list) -> dict:
