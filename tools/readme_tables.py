@@ -97,6 +97,11 @@ def yolo_row(r: dict) -> tuple:
     return r["op"], n, f"{px} px, {a} anchors, C {c}, {rules}"
 
 
+def triplet_row(r: dict) -> tuple:
+    """mining, B, D: ``semihard-B1024-D128`` -> ``semihard``, ``1024``, ``128``."""
+    return re.fullmatch(r"(\w+)-B(\d+)-D(\d+)", r["size"]).groups()
+
+
 def coco_row(r: dict) -> tuple:
     """images, detections per image, classes: ``5000img-100det-80cls`` -> ``5000``, ``100``, ``80``."""
     return re.fullmatch(r"(\d+)img-(\d+)det-(\d+)cls", r["size"]).groups()
@@ -109,7 +114,7 @@ class Table:
     Rows come in the file's order (``by_op``: grouped by op in the order of ``ops``);
     ``label(row) -> cells`` makes the first ``columns``; then one column per provider:
     fastmtl's median ms, the others' as ``ms (N×)`` with N fastmtl's speedup, empty where the
-    provider has no row.
+    provider has no row. ``memory``: each cell also gives the call's peak memory, ``ms, MB``.
     """
 
     results: str
@@ -118,6 +123,7 @@ class Table:
     label: Callable
     providers: tuple
     by_op: bool = False
+    memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,14 @@ BLOCKS = {
         columns=("op", "batch", "setting"),
         label=yolo_row,
         providers=("fastmtl", "uncached", "eager", "compile", "yolov5"),
+    ),
+    "bench-cpu-triplet": Table(
+        results="benchmarks/results/TRIPLET.json",
+        ops=("triplet_margin_loss",),
+        columns=("mining", "B", "D"),
+        label=triplet_row,
+        providers=("fastmtl", "pml", "eager", "compile"),
+        memory=True,
     ),
     "bench-cpu-coco": Table(
         results="benchmarks/results/bench-cpu-20261126T033219Z.json",
@@ -263,6 +277,13 @@ def _speedup(r: dict, base: dict) -> float:
     return r["speedup"] if r.get("speedup") is not None else r["median_ms"] / base["median_ms"]
 
 
+def _mb(row: dict, memory: bool) -> str:
+    """``, 12.3 MB``: the row's peak memory, when the table shows it and the row has it."""
+    if not memory or row.get("peak_mem_mb") is None:
+        return ""
+    return f", {row['peak_mem_mb']:.3g} MB"
+
+
 def render_table(name: str, block: Table, root: Path) -> str:
     rows, created = load_rows(root / block.results)
     cases = _cases(rows, block.ops, block.by_op)
@@ -277,10 +298,11 @@ def render_table(name: str, block: Table, root: Path) -> str:
             raise ValueError(
                 f"{name}: {first['op']} {first['size']} has no {BASELINE} row in {block.results}"
             )
-        cells = list(block.label(first)) + [_ms(base["median_ms"])]
+        cells = list(block.label(first)) + [_ms(base["median_ms"]) + _mb(base, block.memory)]
         for p in block.providers[1:]:
             r = by_provider.get(p)
-            cells.append("" if r is None else f"{_ms(r['median_ms'])} ({_ratio(_speedup(r, base))})")
+            cell = "" if r is None else f"{_ms(r['median_ms'])} ({_ratio(_speedup(r, base))})"
+            cells.append(cell + (_mb(r, block.memory) if r is not None else ""))
         lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
         used += by_provider.values()
     # Blank lines around the table: a marker line right below it would read as one more row.
