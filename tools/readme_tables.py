@@ -197,7 +197,7 @@ BLOCKS = {
         providers=("fastmtl", "uncached", "eager", "compile", "yolov5"),
     ),
     "bench-cpu-triplet": Table(
-        results="benchmarks/results/TRIPLET.json",
+        results="benchmarks/results/bench-cpu-20261126T052904Z.json",
         ops=("triplet_margin_loss",),
         columns=("mining", "B", "D"),
         label=triplet_row,
@@ -281,7 +281,8 @@ def _mb(row: dict, memory: bool) -> str:
     """``, 12.3 MB``: the row's peak memory, when the table shows it and the row has it."""
     if not memory or row.get("peak_mem_mb") is None:
         return ""
-    return f", {row['peak_mem_mb']:.3g} MB"
+    mb = row["peak_mem_mb"]
+    return f", {mb:.3g} MB" if mb < 100 else f", {mb:.0f} MB"
 
 
 def render_table(name: str, block: Table, root: Path) -> str:

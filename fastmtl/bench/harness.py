@@ -301,8 +301,9 @@ def _cpu_peak_mem_mb(fn: Callable, inputs: tuple) -> Optional[float]:
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         node = stack.pop()
-        if node.tag == _EventType.Allocation and node.extra_fields.alloc_size > 0:
-            events.append((node.start_time_ns, node.extra_fields.total_allocated, node.extra_fields.alloc_size))
+        alloc = node.extra_fields
+        if node.tag == _EventType.Allocation and alloc.alloc_size > 0:
+            events.append((node.start_time_ns, alloc.total_allocated, alloc.alloc_size))
         stack.extend(node.children)
     if not events:
         return None
