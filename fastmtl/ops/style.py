@@ -187,10 +187,13 @@ def _register() -> None:
         features, target_gram, ctx.normalization = inputs
         _, diff = output
         ctx.mark_non_differentiable(diff)
+        ctx.set_materialize_grads(False)  # no zeros for diff's gradient
         ctx.target_dim, ctx.target_dtype = target_gram.dim(), target_gram.dtype
         ctx.save_for_backward(features, diff)
 
     def backward(ctx, grad, _grad_diff):
+        if grad is None:
+            return None, None, None
         features, diff = ctx.saved_tensors
         check_no_double_backward("style_loss", grad, features)
         grad_features = grad_target = None

@@ -153,11 +153,12 @@ def _register() -> None:
         embeddings, _, _, _, distance, compute_grad = inputs
         _, stats, weights = output
         ctx.mark_non_differentiable(stats, weights)
+        ctx.set_materialize_grads(False)  # no B x B zeros for the weights' gradient
         ctx.distance, ctx.compute_grad = distance, compute_grad
         ctx.save_for_backward(embeddings, weights)
 
     def backward(ctx, grad_loss, _grad_stats, _grad_weights):
-        if not ctx.needs_input_grad[0]:
+        if grad_loss is None or not ctx.needs_input_grad[0]:
             return (None,) * 6
         if torch.is_grad_enabled():
             raise RuntimeError("triplet_margin_loss: double backward is not supported")

@@ -126,11 +126,12 @@ def _register() -> None:
         compute_grad = inputs[6]
         _, obj_grads, assigned, rows, row_slots = output
         ctx.mark_non_differentiable(*obj_grads, *assigned, rows, row_slots)
+        ctx.set_materialize_grads(False)  # no zeros for the saved tensors' gradients
         ctx.compute_grad, ctx.levels = compute_grad, len(assigned)
         ctx.save_for_backward(*obj_grads, *assigned, rows, row_slots)
 
     def backward(ctx, grad_terms, *_unused):
-        if not ctx.needs_input_grad[0]:
+        if grad_terms is None or not ctx.needs_input_grad[0]:
             return (None,) * 8
         if torch.is_grad_enabled():
             raise RuntimeError(

@@ -85,11 +85,12 @@ def _register() -> None:
         compute_grad = inputs[6]
         _, candidates, obj_grads, rows, row_slots = output
         ctx.mark_non_differentiable(candidates, *obj_grads, rows, row_slots)
+        ctx.set_materialize_grads(False)  # no zeros for the saved tensors' gradients
         ctx.compute_grad = compute_grad
         ctx.save_for_backward(*obj_grads, rows, row_slots)
 
     def backward(ctx, grad_sums, *_unused):
-        if not ctx.needs_input_grad[0]:
+        if grad_sums is None or not ctx.needs_input_grad[0]:
             return (None,) * 7
         if torch.is_grad_enabled():
             raise RuntimeError(

@@ -52,13 +52,30 @@ void check_args(const at::Tensor& x, const at::Tensor& labels, double margin) {
   }
 }
 
-// The rows the distances are taken of: normalized for cosine (F.normalize's clamp).
+}  // namespace
+
 at::Tensor metric_rows(const at::Tensor& x, int metric) {
   if (metric != triplet::kCosine) return x;
   return x / x.norm(2, 1, true).clamp_min(kNormEps);
 }
 
-}  // namespace
+triplet::Metric check_backward_args(const at::Tensor& grad_loss, const at::Tensor& weights,
+                                    const at::Tensor& embeddings, c10::string_view distance) {
+  const int64_t b = embeddings.dim() == 2 ? embeddings.size(0) : -1;
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == b && weights.size(1) == b, "weights must have shape [", b,
+              ", ", b, "], got ", weights.sizes());
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == b, "grad_loss must have shape [", b, "], got ",
+              grad_loss.sizes());
+  return parse_distance(distance);
+}
+
+at::Tensor cosine_input_grad(const at::Tensor& gu, const at::Tensor& x) {
+  // u = x / max(|x|, eps): d/dx = (I - u u^T) / |x|, or I / eps where the norm is clamped
+  const at::Tensor n = x.norm(2, 1, true);
+  const at::Tensor u = x / n.clamp_min(kNormEps);
+  const at::Tensor projected = (gu - (gu * u).sum(1, true) * u) / n.clamp_min(kNormEps);
+  return at::where(n > kNormEps, projected, gu / kNormEps);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor& embeddings, const at::Tensor& labels,
                                                                double margin, c10::string_view mining,
@@ -87,12 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor&
 at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& embeddings,
                             c10::string_view distance) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
-  const triplet::Metric metric = parse_distance(distance);
-  const int64_t b = embeddings.dim() == 2 ? embeddings.size(0) : -1;
-  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == b && weights.size(1) == b, "weights must have shape [", b,
-              ", ", b, "], got ", weights.sizes());
-  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == b, "grad_loss must have shape [", b, "], got ",
-              grad_loss.sizes());
+  const triplet::Metric metric = check_backward_args(grad_loss, weights, embeddings, distance);
   const auto acc = accumulate_type(embeddings.scalar_type());
   const at::Tensor x = embeddings.to(acc);
   const at::Tensor m = weights * grad_loss.to(acc).unsqueeze(1);  // M[a, j] = g[a] w[a, j]
@@ -101,12 +113,9 @@ at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weigh
     const at::Tensor scale = (m.sum(1) + m.sum(0)).unsqueeze(1);
     return (scale * x - at::mm(m, x) - at::mm(m.t(), x)).to(embeddings.scalar_type());
   }
-  // s(i, j) = u_i . u_j, u = x / max(|x|, eps): d/du_i = (M + M^T) u, then through the normalization
-  const at::Tensor n = x.norm(2, 1, true);
-  const at::Tensor u = x / n.clamp_min(kNormEps);
-  const at::Tensor gu = at::mm(m, u) + at::mm(m.t(), u);
-  const at::Tensor projected = (gu - (gu * u).sum(1, true) * u) / n.clamp_min(kNormEps);
-  return at::where(n > kNormEps, projected, gu / kNormEps).to(embeddings.scalar_type());
+  // s(i, j) = u_i . u_j: d/du_i = (M + M^T) u, then through the normalization
+  const at::Tensor u = metric_rows(x, metric);
+  return cosine_input_grad(at::mm(m, u) + at::mm(m.t(), u), x).to(embeddings.scalar_type());
 }
 
 }  // namespace fastmtl

@@ -25,6 +25,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor&
                                                                c10::string_view distance, bool compute_grad,
                                                                const TripletKernels& kernels);
 
+// The rows the distances are taken of: normalized for cosine (F.normalize's clamp at 1e-12).
+at::Tensor metric_rows(const at::Tensor& x, int metric);
+
+// Checks the backward's arguments; returns the metric.
+triplet::Metric check_backward_args(const at::Tensor& grad_loss, const at::Tensor& weights,
+                                    const at::Tensor& embeddings, c10::string_view distance);
+
+// The gradient with respect to x of a loss whose gradient with respect to x / max(|x|, eps) is gu.
+at::Tensor cosine_input_grad(const at::Tensor& gu, const at::Tensor& x);
+
 // The backward of any device (ATen matrix products only): the gradient of sum_a grad_loss[a] *
 // loss[a] with respect to embeddings.
 at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& embeddings,

@@ -47,6 +47,7 @@ class YoloV1Loss : public torch::autograd::Function<YoloV1Loss> {
     ctx->saved_data["conf_target"] = std::string(conf_target);
     ctx->saved_data["compute_grad"] = compute_grad;
     ctx->mark_non_differentiable({grad, responsible});
+    ctx->set_materialize_grads(false);  // no zeros for the saved gradient's own gradient
     return {terms, grad, responsible};
   }
 
