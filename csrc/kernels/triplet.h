@@ -49,6 +49,16 @@ template <typename T>
 struct RowSums {
   double loss = 0, active = 0, mined = 0, pos = 0, neg = 0;
 
+  // Anchor a's outputs: its loss and its statistics row.
+  FASTMTL_HD void store(int64_t a, T* loss_out, double* stats) const {
+    loss_out[a] = static_cast<T>(loss);
+    double* row = stats + kStats * a;
+    row[kActive] = active;
+    row[kMined] = mined;
+    row[kPosSum] = pos;
+    row[kNegSum] = neg;
+  }
+
   FASTMTL_HD bool add(T dap, T dan, T margin) {
     const T v = dap - dan + margin;
     mined += 1;

@@ -47,14 +47,9 @@ void rows_cpu(const at::Tensor& d, const at::Tensor& labels, double margin, int 
     at::parallel_for(0, b, std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(b * b / 8, 1)),
                      [&](int64_t lo, int64_t hi) {
                        for (int64_t a = lo; a < hi; ++a) {
-                         const triplet::RowSums<scalar_t> s = triplet::anchor_row(
-                             dp + a * b, lp, b, a, static_cast<scalar_t>(margin), mining, metric, wp + a * b);
-                         out[a] = static_cast<scalar_t>(s.loss);
-                         double* row = st + triplet::kStats * a;
-                         row[triplet::kActive] = s.active;
-                         row[triplet::kMined] = s.mined;
-                         row[triplet::kPosSum] = s.pos;
-                         row[triplet::kNegSum] = s.neg;
+                         triplet::anchor_row(dp + a * b, lp, b, a, static_cast<scalar_t>(margin), mining, metric,
+                                             wp + a * b)
+                             .store(a, out, st);
                        }
                      });
   });

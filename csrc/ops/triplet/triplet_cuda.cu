@@ -33,13 +33,7 @@ __global__ void triplet_rows_kernel(const T* __restrict__ d, const int64_t* __re
                                     int mining, int metric, T* __restrict__ w, T* __restrict__ loss,
                                     double* __restrict__ stats) {
   for (int64_t a = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; a < b; a += int64_t(gridDim.x) * blockDim.x) {
-    const triplet::RowSums<T> s = triplet::anchor_row(d + a * b, labels, b, a, margin, mining, metric, w + a * b);
-    loss[a] = static_cast<T>(s.loss);
-    double* row = stats + triplet::kStats * a;
-    row[triplet::kActive] = s.active;
-    row[triplet::kMined] = s.mined;
-    row[triplet::kPosSum] = s.pos;
-    row[triplet::kNegSum] = s.neg;
+    triplet::anchor_row(d + a * b, labels, b, a, margin, mining, metric, w + a * b).store(a, loss, stats);
   }
 }
 

@@ -22,6 +22,7 @@
 
 #include "../checks.h"
 #include "../common.h"
+#include "obj_grad.cuh"
 #include "yolo_v3.h"
 
 namespace fastmtl {
@@ -90,24 +91,16 @@ __global__ void yolo_v3_forward_kernel(DeviceViews<scalar_t> v, yolo3::Scales<at
   }
 }
 
-// Every value of out: the objectness one scaled by its term, the others zero (the assigned
-// predictions' rows are written after).
-template <typename scalar_t>
-__global__ void yolo_v3_backward_obj_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_terms,
-                                            const scalar_t* __restrict__ obj_grad, const int8_t* __restrict__ assigned,
-                                            int64_t total, int64_t values, int64_t slots_per_image,
-                                            scalar_t* __restrict__ out) {
-  using T = at::opmath_type<scalar_t>;
-  for (int64_t at = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; at < total; at += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t slot = at / values;
-    if (at % values != 4) {
-      out[at] = scalar_t(0);
-      continue;
-    }
-    const T scale = grad_terms[yolo3::kTerms * (slot / slots_per_image) + (assigned[slot] ? yolo3::kObj : yolo3::kNoObj)];
-    out[at] = static_cast<scalar_t>(static_cast<T>(obj_grad[slot]) * scale);
+// The objectness gradient's scale: the obj term's for an assigned prediction, noobj's otherwise.
+template <typename T>
+struct V3ObjScale {
+  const T* grad_terms;  // [N, 4]
+  const int8_t* assigned;
+  int64_t per_image;
+  __device__ T operator()(int64_t prediction) const {
+    return grad_terms[yolo3::kTerms * (prediction / per_image) + (assigned[prediction] ? yolo3::kObj : yolo3::kNoObj)];
   }
-}
+};
 
 // The other values of the assigned predictions: thread e of a row's block strides over them.
 template <typename scalar_t>
@@ -164,9 +157,9 @@ void launch_backward(const at::Tensor& gt, const std::vector<at::Tensor>& obj, c
     dst.grad[l] = out[l].mutable_data_ptr<scalar_t>();
     const int64_t slots = obj[l].numel();
     if (slots == 0) continue;
-    yolo_v3_backward_obj_kernel<scalar_t><<<grid_stride_blocks(slots * values, kThreads), kThreads, 0, stream>>>(
-        gt.const_data_ptr<T>(), obj[l].const_data_ptr<scalar_t>(), assigned[l].const_data_ptr<int8_t>(),
-        slots * values, values, slots / n, dst.grad[l]);
+    const V3ObjScale<T> scale{gt.const_data_ptr<T>(), assigned[l].const_data_ptr<int8_t>(), slots / n};
+    obj_grad_kernel<scalar_t><<<grid_stride_blocks(slots * values, kThreads), kThreads, 0, stream>>>(
+        obj[l].const_data_ptr<scalar_t>(), slots * values, values, scale, dst.grad[l]);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const int64_t total_rows = n * rows.size(1);

@@ -20,6 +20,7 @@
 
 #include "../checks.h"
 #include "../common.h"
+#include "obj_grad.cuh"
 #include "yolo_v5.h"
 
 namespace fastmtl {
@@ -112,23 +113,16 @@ __global__ void yolov5_forward_kernel(DeviceViews<scalar_t> v, yolo3::Scales<at:
   }
 }
 
-// Every value of out: the objectness one scaled by its sum's gradient, the others zero (the
-// candidates' rows are added after).
-template <typename scalar_t>
-__global__ void yolov5_backward_obj_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_sums,
-                                           const scalar_t* __restrict__ obj_grad, int64_t total, int64_t values,
-                                           int64_t per_image, int levels, int level, scalar_t* __restrict__ out) {
-  using T = at::opmath_type<scalar_t>;
-  for (int64_t at = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; at < total; at += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t slot = at / values;
-    if (at % values != 4) {
-      out[at] = scalar_t(0);
-      continue;
-    }
-    const T scale = grad_sums[yolo5::kTerms * (slot / per_image * levels + level) + yolo5::kObj];
-    out[at] = static_cast<scalar_t>(static_cast<T>(obj_grad[slot]) * scale);
+// The objectness gradient's scale: the incoming gradient of its (image, scale) objectness sum.
+template <typename T>
+struct V5ObjScale {
+  const T* grad_sums;  // [N, L, 3]
+  int64_t per_image;
+  int levels, level;
+  __device__ T operator()(int64_t prediction) const {
+    return grad_sums[yolo5::kTerms * (prediction / per_image * levels + level) + yolo5::kObj];
   }
-}
+};
 
 // The candidates' box and class values: a block per item, thread e adds value e of its rows in
 // slot order.
@@ -191,9 +185,9 @@ void launch_backward(const at::Tensor& gs, const std::vector<at::Tensor>& obj, c
     dst.grad[l] = out[l].mutable_data_ptr<scalar_t>();
     const int64_t cells = obj[l].numel();
     if (cells == 0) continue;
-    yolov5_backward_obj_kernel<scalar_t><<<grid_stride_blocks(cells * values, kThreads), kThreads, 0, stream>>>(
-        gs.const_data_ptr<T>(), obj[l].const_data_ptr<scalar_t>(), cells * values, values, cells / n,
-        static_cast<int>(levels), static_cast<int>(l), dst.grad[l]);
+    const V5ObjScale<T> scale{gs.const_data_ptr<T>(), cells / n, static_cast<int>(levels), static_cast<int>(l)};
+    obj_grad_kernel<scalar_t><<<grid_stride_blocks(cells * values, kThreads), kThreads, 0, stream>>>(
+        obj[l].const_data_ptr<scalar_t>(), cells * values, values, scale, dst.grad[l]);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (slots == 0) return;
