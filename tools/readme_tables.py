@@ -190,14 +190,14 @@ BLOCKS = {
         providers=("bmm", "compile"),
     ),
     "bench-cpu-yolo": Table(
-        results="benchmarks/results/bench-cpu-20261126T050709Z.json",
+        results="benchmarks/results/bench-cpu-20261126T054340Z.json",
         ops=("yolo_v1_loss", "yolo_anchor_loss"),
         columns=("op", "batch", "setting"),
         label=yolo_row,
         providers=("fastmtl", "uncached", "eager", "compile", "yolov5"),
     ),
     "bench-cpu-triplet": Table(
-        results="benchmarks/results/bench-cpu-20261126T052904Z.json",
+        results="benchmarks/results/bench-cpu-20261126T054415Z.json",
         ops=("triplet_margin_loss",),
         columns=("mining", "B", "D"),
         label=triplet_row,
