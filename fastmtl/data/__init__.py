@@ -9,6 +9,7 @@ from fastmtl.data.composite import (
     make_composite_image,
 )
 from fastmtl.data.cutouts import SOURCES, SourceUnavailableError, load_cutouts
+from fastmtl.data.pk_sampler import PKSampler
 from fastmtl.data.preview import save_preview
 from fastmtl.data.shapes import (
     SHAPE_NAMES,
@@ -24,6 +25,7 @@ __all__ = [
     "SOURCES",
     "CompositeConfig",
     "CompositeDataset",
+    "PKSampler",
     "ShapesConfig",
     "ShapesDataset",
     "SourceUnavailableError",

@@ -16,6 +16,7 @@ from fastmtl.metrics.detection_map import (
     class_average_precisions,
     mean_average_precision,
 )
+from fastmtl.metrics.verification import Verification, roc_curve, verification_report
 
 __all__ = [
     "COCO_AREA_RANGES",
@@ -24,10 +25,13 @@ __all__ = [
     "COCO_MAX_DETS",
     "COCO_RECALL_THRESHOLDS",
     "COCO_STAT_NAMES",
+    "Verification",
     "average_precision",
     "class_average_precisions",
     "coco_evaluate",
     "coco_evaluate_json",
     "coco_evaluate_packed",
     "mean_average_precision",
+    "roc_curve",
+    "verification_report",
 ]
