@@ -128,5 +128,63 @@ FASTMTL_HD RowSums<T> anchor_row(const T* d, const L* labels, int64_t b, int64_t
   return s;
 }
 
+// ---- the classic form on explicit (anchor, positive, negative) rows: torch's
+// F.triplet_margin_loss, d(x, y) = |x - y + eps|_p, loss = max(margin + d(a, p) - d(a, n), 0),
+// with swap d(a, n) -> min(d(a, n), d(p, n)).
+
+using std::abs;
+using std::pow;
+
+// |x + eps|_p of x = u - v over dim values, and its gradient with respect to u (written to g when
+// not null): sign(x) |x|^(p-1) / d^(p-1), 0 where d = 0 (as torch.norm's backward).
+template <typename T, typename S>
+FASTMTL_HD T pnorm_diff(const S* u, const S* v, int64_t dim, T p, T eps, T* g) {
+  T sum = T(0);
+  for (int64_t k = 0; k < dim; ++k) {
+    const T x = static_cast<T>(u[k]) - static_cast<T>(v[k]) + eps;
+    sum += p == T(2) ? x * x : (p == T(1) ? abs(x) : pow(abs(x), p));
+  }
+  const T d = p == T(2) ? sqrt(sum) : (p == T(1) ? sum : pow(sum, T(1) / p));
+  if (!g) return d;
+  for (int64_t k = 0; k < dim; ++k) {
+    const T x = static_cast<T>(u[k]) - static_cast<T>(v[k]) + eps;
+    const T sign = x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
+    if (!(d > T(0))) g[k] = T(0);
+    else if (p == T(2)) g[k] = x / d;
+    else if (p == T(1)) g[k] = sign;
+    else g[k] = sign * pow(abs(x), p - T(1)) / pow(d, p - T(1));
+  }
+  return d;
+}
+
+// One row's loss; with ga, gp, gn (dim values each; null for none), its gradient with respect to
+// the anchor, positive and negative rows (used as scratch on the way). The clamp passes the
+// gradient at 0 and a tie of the swap's minimum splits it in halves, as autograd does for torch's
+// formula.
+template <typename T, typename S>
+FASTMTL_HD T explicit_row(const S* a, const S* p, const S* n, int64_t dim, T margin, T pnorm, T eps, bool swap,
+                          T* ga, T* gp, T* gn) {
+  const bool grad = ga != nullptr;
+  const T d_ap = pnorm_diff(a, p, dim, pnorm, eps, ga);  // u_ap in ga, u_an in gn, u_pn in gp
+  const T d_an = pnorm_diff(a, n, dim, pnorm, eps, gn);
+  T w_an = T(1), d_neg = d_an;
+  if (swap) {
+    const T d_pn = pnorm_diff(p, n, dim, pnorm, eps, gp);
+    w_an = d_an < d_pn ? T(1) : (d_an == d_pn ? T(0.5) : T(0));
+    d_neg = d_pn < d_an ? d_pn : d_an;
+  }
+  const T v = margin + d_ap - d_neg;
+  if (grad) {
+    const T on = v >= T(0) ? T(1) : T(0), w_pn = T(1) - w_an;
+    for (int64_t k = 0; k < dim; ++k) {
+      const T u_ap = ga[k], u_an = gn[k], u_pn = swap ? gp[k] : T(0);
+      ga[k] = on * (u_ap - w_an * u_an);
+      gp[k] = on * (-u_ap - w_pn * u_pn);
+      gn[k] = on * (w_an * u_an + w_pn * u_pn);
+    }
+  }
+  return v > T(0) || v != v ? v : T(0);  // NaN stays NaN (an overflowing p-norm), as in torch
+}
+
 }  // namespace triplet
 }  // namespace fastmtl

@@ -28,7 +28,7 @@ from fastmtl.ops.poolers import MultiScaleRoIAlign
 from fastmtl.ops.roi import RoIAlign, RoIPool, roi_align, roi_pool
 from fastmtl.ops.soft_nms import soft_nms
 from fastmtl.ops.style import content_loss, style_loss
-from fastmtl.ops.triplet import triplet_margin_loss
+from fastmtl.ops.triplet import triplet_loss, triplet_margin_loss
 from fastmtl.ops.yolo_v1 import yolo_v1_loss
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "gram_matrix",
     "iou_loss",
     "style_loss",
+    "triplet_loss",
     "triplet_margin_loss",
     "yolo_v1_loss",
 ]

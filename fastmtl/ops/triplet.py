@@ -19,6 +19,10 @@ its loss is ``max(d(a, p) - d(a, n) + margin, 0)`` (cosine: ``max(s(a, n) - s(a,
 ``reduction``: ``"mean_nonzero"`` (the mean over triplets with a loss > 0, 0 when there are
 none: pytorch-metric-learning's default), ``"mean"`` (over the mined triplets), ``"sum"``,
 ``"none"`` (per anchor, the sum of its triplets' losses, ``[B]``).
+
+:func:`triplet_loss` is the classic form on explicit ``(anchor, positive, negative)`` rows, equal
+to ``torch.nn.functional.triplet_margin_loss`` (``p``, ``eps``, ``swap``, ``reduction``), fused:
+one pass per row computes the loss and its gradient for the three rows.
 """
 
 import math
@@ -31,7 +35,7 @@ from fastmtl.ops._checks import InputError, check_choice
 from fastmtl.ops._reference import compute_dtype
 from fastmtl.ops._triplet_reference import DISTANCES, MINING, REDUCTIONS, triplet_terms_reference
 
-__all__ = ["triplet_margin_loss"]
+__all__ = ["triplet_loss", "triplet_margin_loss"]
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _MAX_ROWS = 2**20
@@ -105,6 +109,77 @@ def _reduce(
     }
 
 
+@torch.fx.wrap
+def triplet_loss(
+    anchor: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float = 1.0,
+    p: float = 2.0,
+    eps: float = 1e-6,
+    swap: bool = False,
+    reduction: str = "mean",
+) -> Tensor:
+    """``torch.nn.functional.triplet_margin_loss``, fused: ``max(d(a, p) - d(a, n) + margin, 0)``
+    per row with ``d(x, y) = |x - y + eps|_p``, and with ``swap`` ``d(a, n)`` replaced by
+    ``min(d(a, n), d(p, n))``. ``anchor``, ``positive``, ``negative``: ``[B, D]`` or ``[D]``, one
+    shape and float dtype (half computed in float32; the loss is float32 then). ``reduction``:
+    ``"mean"``, ``"sum"`` or ``"none"``."""
+    if not torch.jit.is_scripting():
+        check_explicit_args(anchor, positive, negative, margin, p, eps)
+        check_choice("reduction", reduction, ("none", "mean", "sum"))
+        if not use_compiled(anchor, "triplet_loss"):
+            loss = torch.nn.functional.triplet_margin_loss(
+                anchor, positive, negative, margin, p, eps, swap, reduction="none"
+            )
+            return _reduce_rows(loss, reduction)
+    unbatched = anchor.dim() == 1
+    if unbatched:
+        anchor, positive, negative = anchor[None], positive[None], negative[None]
+    compute_grad = torch.is_grad_enabled() and (
+        anchor.requires_grad or positive.requires_grad or negative.requires_grad
+    )
+    loss, _ = torch.ops.fastmtl.triplet_loss(
+        anchor, positive, negative, float(margin), float(p), float(eps), swap, compute_grad
+    )
+    return _reduce_rows(loss[0] if unbatched else loss, reduction)
+
+
+def _reduce_rows(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError("Invalid reduction: expected 'mean', 'sum' or 'none'")  # the scripted path
+
+
+def check_explicit_args(anchor, positive, negative, margin, p, eps) -> None:
+    """The C++ checks of the classic form (csrc/ops/triplet/triplet.cpp), for every route."""
+    for name, t in (("anchor", anchor), ("positive", positive), ("negative", negative)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if anchor.dim() not in (1, 2):
+        raise InputError(f"anchor must have shape [B, D] or [D], got {list(anchor.shape)}")
+    if anchor.dtype not in _FLOATS:
+        raise InputError(f"anchor must be float32, float64, float16 or bfloat16, got {anchor.dtype}")
+    for name, t in (("positive", positive), ("negative", negative)):
+        if t.shape != anchor.shape:
+            raise InputError(
+                f"{name} must have the shape of anchor {list(anchor.shape)}, got {list(t.shape)}"
+            )
+        if t.dtype != anchor.dtype or t.device != anchor.device:
+            raise InputError(f"{name} must have the dtype and device of anchor, got {t.dtype} on {t.device}")
+    for name, v in (("margin", margin), ("eps", eps)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"{name} must be a finite number, got {v!r}")
+    if margin <= 0:
+        raise InputError(f"margin must be finite and > 0 (as torch's), got {margin}")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and p > 0):
+        raise InputError(f"p must be finite and > 0, got {p!r}")
+
+
 def check_args(embeddings, labels, margin, mining, distance) -> None:
     """The C++ checks (csrc/ops/triplet/triplet.cpp), for every route and the fake kernel."""
     for name, t in (("embeddings", embeddings), ("labels", labels)):
@@ -171,6 +246,37 @@ def _register() -> None:
         return (grad,) + (None,) * 5
 
     torch.library.register_autograd(lib + "triplet_margin_loss", backward, setup_context=setup_context)
+
+    @torch.library.register_fake(lib + "triplet_loss")
+    def _(anchor, positive, negative, margin, p, eps, swap, compute_grad):
+        if anchor.dim() != 2:
+            raise InputError(f"anchor must have shape [B, D], got {list(anchor.shape)}")
+        check_explicit_args(anchor, positive, negative, margin, p, eps)
+        dt = compute_dtype(anchor.dtype)
+        b, d = anchor.shape
+        return anchor.new_empty((b,), dtype=dt), anchor.new_empty(
+            (3, b, d) if compute_grad else (0,), dtype=dt
+        )
+
+    def explicit_setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.compute_grad = inputs[-1]
+        ctx.dtype = inputs[0].dtype
+        ctx.save_for_backward(output[1])
+
+    def explicit_backward(ctx, grad_loss, _grad_grads):
+        if grad_loss is None or not any(ctx.needs_input_grad[:3]):
+            return (None,) * 8
+        if torch.is_grad_enabled():
+            raise RuntimeError("triplet_loss: double backward is not supported")
+        if not ctx.compute_grad:
+            raise RuntimeError("triplet_loss was called with compute_grad=False: it saved no gradient")
+        (grads,) = ctx.saved_tensors
+        g = (grads * grad_loss.to(grads.dtype)[None, :, None]).to(ctx.dtype)
+        return (g[0], g[1], g[2]) + (None,) * 5
+
+    torch.library.register_autograd(lib + "triplet_loss", explicit_backward, setup_context=explicit_setup)
 
 
 if has_compiled_ops():

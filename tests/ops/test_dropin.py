@@ -68,6 +68,7 @@ CASES = {
     "style_loss": (F.style_loss, lambda g: (features(g), torch.randn(3, 3, generator=g).double().float())),
     "content_loss": (F.content_loss, lambda g: (features(g), features(g))),
     "yolo_v1_loss": (F.yolo_v1_loss, lambda g: (*yolo_v1_inputs(g), 2, 4)),
+    "triplet_loss": (F.triplet_loss, lambda g: tuple(torch.randn(6, 4, generator=g) for _ in range(3))),
     "triplet_margin_loss": (
         F.triplet_margin_loss,
         lambda g: (torch.randn(12, 5, generator=g), torch.randint(0, 3, (12,), generator=g), 0.3),

@@ -249,3 +249,69 @@ def test_cuda_matches_cpu(mining, distance, gen):
         results.append([out["loss"].cpu(), out["triplets"].cpu(), out["pos_mean"].cpu(), t.grad.cpu()])
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+# ---- the classic form: torch.nn.functional.triplet_margin_loss ---------------------------
+
+
+def rows(gen, b=20, dim=7, dtype=F64):
+    return [torch.randn(b, dim, generator=gen, dtype=F64).to(dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, 3.0, 0.5])
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_classic_form_equals_torch(p, swap, reduction, gen):
+    a, pos, neg = rows(gen)
+    pos[3] = neg[3] + 1e-3  # a near tie of the swap
+    weights = torch.rand(20 if reduction == "none" else (), generator=gen, dtype=F64)
+    got, want = [], []
+    for fn, out in ((F.triplet_loss, got), (torch.nn.functional.triplet_margin_loss, want)):
+        ts = [t.clone().requires_grad_() for t in (a, pos, neg)]
+        loss = fn(*ts, 0.5, p, 1e-6, swap, reduction=reduction)
+        out += [loss.detach(), *torch.autograd.grad((loss * weights).sum(), ts)]
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_classic_form_unbatched_empty_half_and_compile(gen):
+    a, pos, neg = (t[0] for t in rows(gen))
+    torch.testing.assert_close(
+        F.triplet_loss(a, pos, neg), torch.nn.functional.triplet_margin_loss(a, pos, neg)
+    )
+    empty = [torch.zeros(0, 4) for _ in range(3)]
+    assert F.triplet_loss(*empty, reduction="sum").item() == 0 and F.triplet_loss(
+        *empty, reduction="none"
+    ).shape == (0,)
+    half = [t.requires_grad_() for t in rows(gen, dtype=torch.bfloat16)]
+    loss = F.triplet_loss(*half)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert half[0].grad.dtype == torch.bfloat16
+    want = torch.nn.functional.triplet_margin_loss(*[t.detach().double() for t in half])
+    torch.testing.assert_close(loss.double(), want, rtol=1e-3, atol=1e-3)
+    a, pos, neg = rows(gen, dtype=torch.float32)
+    for grad in (False, True):
+        args = (a.clone().requires_grad_(grad), pos, neg, 1.0, 2.0, 1e-6, True, grad)
+        torch.library.opcheck(torch.ops.fastmtl.triplet_loss.default, args)
+    compiled = torch.compile(lambda *t: F.triplet_loss(*t, swap=True), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(a, pos, neg), F.triplet_loss(a, pos, neg, swap=True))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda t: t.update(positive=t["positive"][:, :3]), "positive must have the shape"),
+        (lambda t: t.update(negative=t["negative"].double()), "negative must have the dtype"),
+        (lambda t: t.update(anchor=t["anchor"][None]), "anchor must have shape"),
+        (lambda t: t.update(p=0.0), "p must be"),
+        (lambda t: t.update(eps=float("inf")), "eps"),
+        (lambda t: t.update(reduction="avg"), "Invalid reduction"),
+    ],
+)
+def test_classic_form_bad_input(change, match, gen):
+    a, pos, neg = rows(gen, dtype=torch.float32)
+    args = {"anchor": a, "positive": pos, "negative": neg}
+    change(args)
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        F.triplet_loss(**args)

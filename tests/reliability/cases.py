@@ -484,6 +484,31 @@ def _specs():
         strings=("mining", "distance"),
         **triplet_kw,
     )
+    classic_kw = dict(
+        tensors=("anchor", "positive", "negative"),
+        floats=("margin", "p", "eps"),
+        related={k: ("anchor", "positive", "negative") for k in ("anchor", "positive", "negative")},
+    )
+    add(
+        "triplet_loss",
+        "py",
+        _py(F.triplet_loss),
+        lambda g: {**_triplet_rows(g), "swap": True, "reduction": "none"},
+        strings=("reduction",),
+        **classic_kw,
+    )
+    add(
+        "triplet_loss",
+        "op",
+        lambda **kw: torch.ops.fastmtl.triplet_loss(**kw)[0],
+        lambda g: {**_triplet_rows(g), "swap": True, "compute_grad": False},
+        lambda anchor, positive, negative, margin, p, eps, swap, compute_grad: (
+            torch.nn.functional.triplet_margin_loss(
+                anchor, positive, negative, margin, p, eps, swap, reduction="none"
+            ).to(R.compute_dtype(anchor.dtype))
+        ),
+        **classic_kw,
+    )
     # COCO evaluation (fastmtl.metrics.coco_evaluate calls it; the op route only) --------------
     add(
         "coco_evaluate",
@@ -543,6 +568,11 @@ def _yolo_v3_reference(preds0, preds1, targets, counts, anchors, strides, ignore
 def _triplet(g, b=7, dim=4) -> dict:
     labels = torch.randint(0, 3, (b,), generator=g)
     return {"embeddings": torch.randn(b, dim, generator=g), "labels": labels, "margin": 0.3}
+
+
+def _triplet_rows(g, b=5, dim=3) -> dict:
+    t = {k: torch.randn(b, dim, generator=g) for k in ("anchor", "positive", "negative")}
+    return {**t, "margin": 1.0, "p": 2.0, "eps": 1e-6}
 
 
 def _yolov5(g) -> dict:

@@ -101,6 +101,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor&
   return {loss, stats, compute_grad ? w : at::empty({0}, x.options())};
 }
 
+ExplicitArgs check_explicit_args(const at::Tensor& a, const at::Tensor& p, const at::Tensor& n, double margin,
+                                 double pnorm, double eps, bool compute_grad) {
+  TORCH_CHECK(a.dim() == 2, "anchor must have shape [B, D], got ", a.sizes());
+  check_kernel_float(a, "anchor");
+  const std::pair<const at::Tensor*, const char*> others[] = {{&p, "positive"}, {&n, "negative"}};
+  for (const auto& [t, name] : others) {
+    TORCH_CHECK(t->sizes() == a.sizes(), name, " must have the shape of anchor ", a.sizes(), ", got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == a.scalar_type() && t->device() == a.device(), name,
+                " must have the dtype and device of anchor, got ", t->scalar_type(), " on ", t->device());
+  }
+  TORCH_CHECK_VALUE(std::isfinite(margin) && margin > 0, "margin must be finite and > 0 (as torch's), got ", margin);
+  TORCH_CHECK_VALUE(std::isfinite(pnorm) && pnorm > 0, "p must be finite and > 0, got ", pnorm);
+  TORCH_CHECK_VALUE(std::isfinite(eps), "eps must be finite, got ", eps);
+  const auto acc = accumulate_type(a.scalar_type());
+  ExplicitArgs out;
+  out.a = a.contiguous();
+  out.p = p.contiguous();
+  out.n = n.contiguous();
+  out.loss = at::empty({a.size(0)}, a.options().dtype(acc));
+  out.grads = at::empty(compute_grad ? at::IntArrayRef{3, a.size(0), a.size(1)} : at::IntArrayRef{0},
+                        a.options().dtype(acc));
+  return out;
+}
+
 at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& embeddings,
                             c10::string_view distance) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
@@ -130,6 +154,13 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   m.def(
       "triplet_margin_loss(Tensor embeddings, Tensor labels, float margin, str mining, str distance, "
       "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  // The classic form, F.triplet_margin_loss's: rows of anchor, positive, negative [B, D] (one
+  // float dtype), d(x, y) = |x - y + eps|_p. Returns the per-row losses [B] (float32 for half
+  // inputs) and, with compute_grad, their gradients [3, B, D] (anchor, positive, negative; the
+  // backward scales them by the incoming gradient).
+  m.def(
+      "triplet_loss(Tensor anchor, Tensor positive, Tensor negative, float margin, float p, float eps, "
+      "bool swap, bool compute_grad) -> (Tensor, Tensor)");
   // d(sum_a grad_loss[a] loss[a]) / d embeddings, from the weights.
   m.def("_triplet_margin_loss_backward(Tensor grad_loss, Tensor weights, Tensor embeddings, str distance) -> Tensor");
 }

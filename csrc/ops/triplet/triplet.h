@@ -40,4 +40,12 @@ at::Tensor cosine_input_grad(const at::Tensor& gu, const at::Tensor& x);
 at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& embeddings,
                             c10::string_view distance);
 
+// The classic form's inputs made contiguous and its outputs allocated: loss [B] and, with
+// compute_grad, grads [3, B, D] (accumulation dtype); checks name the argument.
+struct ExplicitArgs {
+  at::Tensor a, p, n, loss, grads;
+};
+ExplicitArgs check_explicit_args(const at::Tensor& a, const at::Tensor& p, const at::Tensor& n, double margin,
+                                 double pnorm, double eps, bool compute_grad);
+
 }  // namespace fastmtl

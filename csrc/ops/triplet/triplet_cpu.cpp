@@ -3,6 +3,7 @@
 // takes the weights' nonzeros alone when they are few (batch-hard keeps two per anchor row,
 // FaceNet semi-hard at most two per positive): O(B^2 + nnz D) instead of two B x B x D products.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -157,9 +158,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_cpu(const at:
   return triplet_forward(embeddings, labels, margin, mining, distance, compute_grad, kernels);
 }
 
+std::tuple<at::Tensor, at::Tensor> triplet_loss_cpu(const at::Tensor& anchor, const at::Tensor& positive,
+                                                    const at::Tensor& negative, double margin, double pnorm,
+                                                    double eps, bool swap, bool compute_grad) {
+  ExplicitArgs x = check_explicit_args(anchor, positive, negative, margin, pnorm, eps, compute_grad);
+  const int64_t b = anchor.size(0), dim = anchor.size(1);
+  FASTMTL_DISPATCH_BOXES(x.a.scalar_type(), "triplet_loss_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t *ap = x.a.const_data_ptr<scalar_t>(), *pp = x.p.const_data_ptr<scalar_t>(),
+                   *np = x.n.const_data_ptr<scalar_t>();
+    T* out = x.loss.mutable_data_ptr<T>();
+    T* g = compute_grad ? x.grads.mutable_data_ptr<T>() : nullptr;
+    at::parallel_for(0, b, std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(dim, 1)), [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        T* gi = g ? g + i * dim : nullptr;
+        out[i] = triplet::explicit_row(ap + i * dim, pp + i * dim, np + i * dim, dim, static_cast<T>(margin),
+                                       static_cast<T>(pnorm), static_cast<T>(eps), swap, gi,
+                                       g ? gi + b * dim : nullptr, g ? gi + 2 * b * dim : nullptr);
+      }
+    });
+  });
+  return {x.loss, x.grads};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
+  m.impl("triplet_loss", &triplet_loss_cpu);
   m.impl("triplet_margin_loss", &triplet_margin_loss_cpu);
   m.impl("_triplet_margin_loss_backward", &triplet_margin_loss_backward_cpu);
 }

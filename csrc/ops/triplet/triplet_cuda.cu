@@ -5,6 +5,7 @@
 // A row costs O(P N) steps (its positives times its negatives): at B = 4096 with 4 samples per
 // identity that is 12k steps per thread; batches of two classes cost O(B^2) per thread.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -81,9 +82,45 @@ at::Tensor triplet_margin_loss_backward_cuda(const at::Tensor& grad_loss, const 
   return triplet_backward(grad_loss, weights, embeddings, distance);
 }
 
+template <typename scalar_t>
+__global__ void triplet_loss_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ p,
+                                    const scalar_t* __restrict__ n, int64_t b, int64_t dim,
+                                    at::opmath_type<scalar_t> margin, at::opmath_type<scalar_t> pnorm,
+                                    at::opmath_type<scalar_t> eps, bool swap, at::opmath_type<scalar_t>* __restrict__ loss,
+                                    at::opmath_type<scalar_t>* __restrict__ g) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < b; i += int64_t(gridDim.x) * blockDim.x) {
+    auto* gi = g ? g + i * dim : nullptr;
+    loss[i] = triplet::explicit_row(a + i * dim, p + i * dim, n + i * dim, dim, margin, pnorm, eps, swap, gi,
+                                    g ? gi + b * dim : nullptr, g ? gi + 2 * b * dim : nullptr);
+  }
+}
+
+template <typename scalar_t>
+void launch_explicit(ExplicitArgs& x, double margin, double pnorm, double eps, bool swap, bool compute_grad) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t b = x.a.size(0);
+  triplet_loss_kernel<scalar_t><<<grid_stride_blocks(b, 128), 128, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      x.a.const_data_ptr<scalar_t>(), x.p.const_data_ptr<scalar_t>(), x.n.const_data_ptr<scalar_t>(), b, x.a.size(1),
+      static_cast<T>(margin), static_cast<T>(pnorm), static_cast<T>(eps), swap, x.loss.mutable_data_ptr<T>(),
+      compute_grad ? x.grads.mutable_data_ptr<T>() : nullptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor> triplet_loss_cuda(const at::Tensor& anchor, const at::Tensor& positive,
+                                                     const at::Tensor& negative, double margin, double pnorm,
+                                                     double eps, bool swap, bool compute_grad) {
+  const c10::cuda::CUDAGuard guard(anchor.device());
+  ExplicitArgs x = check_explicit_args(anchor, positive, negative, margin, pnorm, eps, compute_grad);
+  if (anchor.size(0) > 0)
+    FASTMTL_DISPATCH_BOXES(x.a.scalar_type(), "triplet_loss_cuda",
+                           [&] { launch_explicit<scalar_t>(x, margin, pnorm, eps, swap, compute_grad); });
+  return {x.loss, x.grads};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
+  m.impl("triplet_loss", &triplet_loss_cuda);
   m.impl("triplet_margin_loss", &triplet_margin_loss_cuda);
   m.impl("_triplet_margin_loss_backward", &triplet_margin_loss_backward_cuda);
 }
