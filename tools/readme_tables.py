@@ -146,6 +146,14 @@ class DetectionDemo:
     optional: bool = field(default=True)
 
 
+@dataclass(frozen=True)
+class SiameseDemo:
+    """Inline sentence with the figures of a ``fastmtl demo siamese --results-json`` file."""
+
+    results: str
+    optional: bool = field(default=True)
+
+
 BLOCKS = {
     "bench-cpu-iou": Table(
         results="benchmarks/results/bench-cpu-20261123T105554Z.json",
@@ -213,6 +221,8 @@ BLOCKS = {
     ),
     "demo-detection": DetectionDemo(results="docs/results/demo-detection.json"),
     "demo-yolo": DetectionDemo(results="docs/results/demo-yolo.json"),
+    "demo-siamese-digits": SiameseDemo(results="docs/results/demo-siamese-digits.json"),
+    "demo-siamese-faces": SiameseDemo(results="docs/results/demo-siamese-faces.json"),
 }
 
 BASELINE = "fastmtl"
@@ -352,7 +362,33 @@ def render_detection_demo(name: str, block: DetectionDemo, root: Path) -> str:
     )
 
 
-RENDER = {Table: render_table, SpeedupRange: render_speedup_range, DetectionDemo: render_detection_demo}
+def render_siamese_demo(name: str, block: SiameseDemo, root: Path) -> str:
+    """Verification and identification figures, learned against raw pixels, from the JSON."""
+    doc = json.loads((root / block.results).read_text())
+    c, m, ident = doc["config"], doc["machine"], doc["identification"]
+    run = "Default run" if doc.get("defaults") else f"Run of `{doc['command']}`"
+
+    def pair(key, base):
+        return f"{doc[key]['auc']:.3f} (raw pixels {doc[base]['auc']:.3f})"
+
+    return (
+        f"{run} ({c['steps']} steps): {_duration(doc['seconds'])} on {m['device_name']}; ROC AUC on "
+        f"identities never trained on {pair('verification', 'baseline')}, EER "
+        f"{doc['verification']['eer']:.3f} (raw {doc['baseline']['eer']:.3f}), accuracy "
+        f"{doc['accuracy_at_tau']:.3f} at the threshold calibrated on trained identities; on new images "
+        f"of trained identities {pair('seen_verification', 'seen_baseline')}; one-shot identification "
+        f"top-1 {ident['unseen']:.3f} unseen (raw {ident['baseline_unseen']:.3f}), {ident['seen']:.3f} "
+        f"seen (raw {ident['baseline_seen']:.3f}) (`{block.results}`, {doc['created_utc'][:10]}, torch "
+        f"{m['torch']}, rev {m['git_rev']})."
+    )
+
+
+RENDER = {
+    Table: render_table,
+    SpeedupRange: render_speedup_range,
+    DetectionDemo: render_detection_demo,
+    SiameseDemo: render_siamese_demo,
+}
 
 
 # ---- README markers ---------------------------------------------------------------------------

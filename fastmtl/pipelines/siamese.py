@@ -1,31 +1,35 @@
-"""Siamese one-shot verification and identification of handwritten digits, end to end.
+"""Siamese one-shot verification and identification, end to end, on real images.
 
-``train_siamese(SiameseConfig(...))`` takes scikit-learn's 1,797 real 8x8 handwritten digits
-(``load_digits``: 10 classes written by 43 people), keeps the digits in ``held_out`` (7, 8, 9 by
-default) out of training altogether, and trains :class:`~fastmtl.models.siamese.SiameseNet`
+``train_siamese(SiameseConfig(data=...))`` trains :class:`~fastmtl.models.siamese.SiameseNet`
 (a small CNN, L2-normalized embeddings) with the fused :func:`fastmtl.ops.triplet_margin_loss`
-on P x K batches of the other digits. Then, on images it has never seen:
+on P x K batches, then measures verification (every pair of evaluation images scored by cosine
+similarity: ROC AUC, equal error rate, true-accept rate at fixed false-accept rates) and
+identification (a gallery of one reference per identity, the new ones added without retraining;
+top-1 accuracy), for identities seen in training (new images of them) and unseen ones, next to
+raw pixels (the cosine of the flattened images) as the no-training baseline. A ROC plot is saved.
 
-- verification: every pair of held-out images of the training digits, and every pair of the
-  unseen digits' images, scored by cosine similarity: ROC AUC, equal error rate, true-accept
-  rate at fixed false-accept rates; and the accuracy on the unseen digits' pairs at the threshold
-  ``tau`` calibrated on the training digits' held-out pairs (no peeking);
-- identification: a gallery of one image per digit, the unseen ones added without retraining;
-  every other image is identified by its nearest reference (top-1 accuracy, unseen and seen).
+- ``data="digits"``: scikit-learn's 1,797 real 8x8 handwritten digits, each digit an identity;
+  the digits in ``held_out`` (7, 8, 9) are never trained on. New images of trained digits verify
+  far better than raw pixels; unseen digits only beat chance, not raw pixels: seven training
+  classes are too few to learn a metric that transfers.
+- ``data="faces"``: scikit-image's 100 real 25x25 face photos (``lfw_subset``). No offline face
+  set has identity labels, so each photo is an identity and its random views (rotation, scale,
+  shift, mirror, brightness, contrast, noise) are its samples: this measures an embedding
+  invariant to those changes that still tells photos apart, on photos never trained on.
 
-The same figures for raw pixels (cosine of the flattened images) are the no-training baseline.
-A ROC plot is saved as PNG. What it shows so far: new images of trained digits verify far better
-than raw pixels do; digits never trained on verify above chance but not better than raw pixels
-(seven training classes of 8x8 images are too few to learn a metric that transfers).
+``accuracy_at_tau``: the accuracy on the unseen identities' pairs at the threshold ``tau``
+calibrated on the seen identities' pairs (no peeking).
 """
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
+from fastmtl.data.augment import random_views
 from fastmtl.data.pk_sampler import PKSampler
 from fastmtl.metrics.verification import Verification, roc_curve, verification_report
 from fastmtl.models.siamese import Gallery, SiameseNet, small_encoder
@@ -33,22 +37,40 @@ from fastmtl.ops import triplet_margin_loss
 from fastmtl.pipelines._figures import pyplot, save_figure
 from fastmtl.pipelines.detection import _threads
 
-__all__ = ["SiameseConfig", "SiameseResult", "load_digits_tensors", "train_siamese"]
+__all__ = [
+    "DATASETS",
+    "DATA_DEFAULTS",
+    "SiameseConfig",
+    "SiameseResult",
+    "load_digits_tensors",
+    "load_faces",
+    "train_siamese",
+]
+
+DATASETS = ("digits", "faces")
+# Per dataset: every digit (seven trained) 16 times; 16 of 70 photos in 4 views each.
+DATA_DEFAULTS = {
+    "digits": {"p": 7, "k": 16, "mining": "hard"},
+    "faces": {"p": 16, "k": 4, "mining": "semihard"},
+}
 
 
 @dataclass
 class SiameseConfig:
     """Everything :func:`train_siamese` needs; the defaults are the CPU demo."""
 
+    data: str = "digits"  # "digits" or "faces"
     seed: int = 0
     held_out: tuple = (7, 8, 9)  # digits never trained on
-    val_fraction: float = 0.25  # of the training digits' images: the pairs tau is calibrated on
+    val_fraction: float = 0.25  # digits: the trained digits' images kept for evaluation
+    train_faces: int = 70  # faces: photos trained on (the rest are unseen identities)
+    views: int = 6  # faces: random views per photo in evaluation
     steps: int = 400
-    p: int = 7  # identities per batch
-    k: int = 16  # images per identity
+    p: Optional[int] = None  # identities per batch (None: the dataset's, DATA_DEFAULTS)
+    k: Optional[int] = None  # images per identity
     lr: float = 3e-3
     margin: float = 0.3
-    mining: str = "hard"
+    mining: Optional[str] = None
     distance: str = "euclidean"
     dim: int = 64
     widths: tuple = (32, 64)
@@ -62,12 +84,13 @@ class SiameseConfig:
 class SiameseResult:
     """What :func:`train_siamese` measured and wrote."""
 
+    config: SiameseConfig  # as run (the dataset's defaults filled in)
     history: list  # per step: {"loss", "active_fraction", "pos_mean", "neg_mean"}
-    verification: Verification  # unseen digits, learned embeddings
-    baseline: Verification  # unseen digits, raw pixels
-    seen_verification: Verification  # held-out images of the training digits, learned
+    verification: Verification  # unseen identities, learned embeddings
+    baseline: Verification  # unseen identities, raw pixels
+    seen_verification: Verification  # new images of the trained identities, learned
     seen_baseline: Verification  # the same pairs, raw pixels
-    accuracy_at_tau: float  # unseen pairs, at the tau calibrated on the training digits' pairs
+    accuracy_at_tau: float  # unseen pairs, at the tau calibrated on the seen pairs
     tau: float
     identification: dict  # top-1 accuracy: {"unseen", "seen", "baseline_unseen", "baseline_seen"}
     train_seconds: float
@@ -84,14 +107,77 @@ def load_digits_tensors() -> "tuple[torch.Tensor, torch.Tensor]":
     return images, torch.tensor(digits.target, dtype=torch.long)
 
 
-def _split(labels: torch.Tensor, config: SiameseConfig):
-    """Indices: training digits' train and validation parts, and the unseen digits."""
+def load_faces() -> torch.Tensor:
+    """scikit-image's 100 face photos (``lfw_subset``, whose other 100 images are not faces) as
+    ``[100, 1, 25, 25]`` floats in [0, 1]."""
+    from skimage import data
+
+    return torch.tensor(data.lfw_subset()[:100], dtype=torch.float32).unsqueeze(1)
+
+
+@dataclass
+class _Task:
+    """Training batches and the evaluation images of one dataset."""
+
+    batch: Callable  # step -> (images, labels)
+    seen: tuple  # (images, labels): new images of trained identities
+    unseen: tuple  # (images, labels): identities never trained on
+    gallery: tuple  # (images, labels, unseen flags): one reference per identity
+    queries: tuple  # (images, labels, unseen flags)
+
+
+def _digits_task(config: SiameseConfig) -> _Task:
+    images, labels = load_digits_tensors()
     g = torch.Generator().manual_seed(config.seed)
     unseen = torch.isin(labels, torch.tensor(config.held_out))
     seen_idx = torch.nonzero(~unseen).flatten()
     seen_idx = seen_idx[torch.randperm(len(seen_idx), generator=g)]
     n_val = int(len(seen_idx) * config.val_fraction)
-    return seen_idx[n_val:], seen_idx[:n_val], torch.nonzero(unseen).flatten()
+    train_idx, val_idx, unseen_idx = seen_idx[n_val:], seen_idx[:n_val], torch.nonzero(unseen).flatten()
+    batches = iter(PKSampler(labels[train_idx], config.p, config.k, config.steps, seed=config.seed))
+
+    def batch(_step):
+        b = train_idx[next(batches)]
+        return images[b], labels[b]
+
+    test_idx = torch.cat((val_idx, unseen_idx))  # images never trained on
+    refs = torch.cat([_one_of(test_idx[labels[test_idx] == c], g) for c in labels.unique()])
+    queries = test_idx[~torch.isin(test_idx, refs)]
+    return _Task(
+        batch,
+        (images[val_idx], labels[val_idx]),
+        (images[unseen_idx], labels[unseen_idx]),
+        (images[refs], labels[refs], unseen[refs]),
+        (images[queries], labels[queries], unseen[queries]),
+    )
+
+
+def _faces_task(config: SiameseConfig) -> _Task:
+    photos = load_faces()
+    g = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(photos), generator=g)
+    train, held = order[: config.train_faces], order[config.train_faces :]
+
+    def batch(_step):
+        ids = train[torch.randperm(len(train), generator=g)[: config.p]].repeat_interleave(config.k)
+        return random_views(photos[ids], g, flip=True), ids
+
+    def views(ids):
+        ids = ids.repeat_interleave(config.views)
+        return random_views(photos[ids], torch.Generator().manual_seed(config.seed + 1), flip=True), ids
+
+    seen, unseen = views(train), views(held)
+    is_unseen = torch.isin(torch.arange(len(photos)), held)
+    ids = torch.arange(len(photos))
+    query_images = torch.cat((seen[0], unseen[0]))
+    query_ids = torch.cat((seen[1], unseen[1]))
+    return _Task(
+        batch, seen, unseen, (photos, ids, is_unseen), (query_images, query_ids, is_unseen[query_ids])
+    )
+
+
+def _one_of(members: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return members[torch.randint(0, len(members), (1,), generator=g)]
 
 
 def _pair_scores(embeddings: torch.Tensor, labels: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -101,24 +187,18 @@ def _pair_scores(embeddings: torch.Tensor, labels: torch.Tensor) -> "tuple[torch
     return (e[i] * e[j]).sum(1), labels[i] == labels[j]
 
 
-def _embed(model: SiameseNet, images: torch.Tensor, device: str) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(b.to(device)).cpu() for b in images.split(512)])
-
-
-def _train(model: SiameseNet, images, labels, config: SiameseConfig) -> list:
+def _train(model: SiameseNet, task: _Task, config: SiameseConfig) -> list:
     from tqdm.auto import tqdm
 
-    sampler = PKSampler(labels, config.p, config.k, config.steps, seed=config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
     history = []
     model.train()
-    for batch in tqdm(sampler, total=config.steps, desc="train siamese", disable=not config.progress):
+    for step in tqdm(range(config.steps), desc=f"train siamese ({config.data})", disable=not config.progress):
+        images, labels = task.batch(step)
         out = triplet_margin_loss(
-            model(images[batch].to(config.device)),
-            labels[batch].to(config.device),
+            model(images.to(config.device)),
+            labels.to(config.device),
             config.margin,
             config.mining,
             config.distance,
@@ -133,84 +213,85 @@ def _train(model: SiameseNet, images, labels, config: SiameseConfig) -> list:
     return history
 
 
-def _identify(embeddings: torch.Tensor, labels: torch.Tensor, unseen: torch.Tensor, seed: int) -> dict:
-    """One reference per digit (the unseen ones added after the seen ones, as new identities
-    would be); top-1 accuracy of every other image, unseen and seen digits apart."""
-    g = torch.Generator().manual_seed(seed + 1)
-    refs = []
-    for c in labels.unique():
-        members = torch.nonzero(labels == c).flatten()
-        refs.append(members[torch.randint(0, len(members), (1,), generator=g)])
-    refs = torch.cat(refs)
-    gallery = Gallery(embeddings.shape[1])
-    seen_refs = refs[~unseen[refs]]
-    gallery.add(embeddings[seen_refs], labels[seen_refs])
-    gallery.add(embeddings[refs[unseen[refs]]], labels[refs[unseen[refs]]])  # new identities
-    queries = torch.ones(len(labels), dtype=torch.bool)
-    queries[refs] = False
-    ids, _ = gallery.identify(embeddings[queries])
-    right = ids == labels[queries]
-    u = unseen[queries]
-    return {"unseen": float(right[u].float().mean()), "seen": float(right[~u].float().mean())}
+def _identify(embed: Callable, task: _Task) -> dict:
+    """Top-1 accuracy of the queries against the gallery, the unseen identities added after the
+    seen ones (as new identities would be)."""
+    refs, ref_ids, ref_unseen = task.gallery
+    gallery = Gallery(embed(refs[:1]).shape[1])
+    for part in (~ref_unseen, ref_unseen):
+        gallery.add(embed(refs[part]), ref_ids[part])
+    images, ids, unseen = task.queries
+    right = gallery.identify(embed(images))[0] == ids
+    return {"unseen": float(right[unseen].float().mean()), "seen": float(right[~unseen].float().mean())}
 
 
-def _save_roc(result: SiameseResult, curves: dict, out: Path) -> Path:
+def _save_roc(curves: dict, title: str, out: Path) -> Path:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
     for name, (far, tar) in curves.items():
         ax.plot(far, tar, label=name)
     ax.plot([0, 1], [0, 1], ":", color="gray", label="chance")
     ax.set_xlabel("false-accept rate")
     ax.set_ylabel("true-accept rate")
-    ax.set_title("Digits: one-shot verification (new images)", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return save_figure(fig, out / "roc.png")
 
 
 def train_siamese(config: Optional[SiameseConfig] = None, *, save_plots: bool = True) -> SiameseResult:
-    """Trains on the seen digits, evaluates verification and identification on the unseen ones
-    (and the raw-pixel baseline), saves ``roc.png`` under ``config.out_dir``. Deterministic for a seed."""
+    """Trains, evaluates verification and identification of seen and unseen identities (and the
+    raw-pixel baseline), saves ``roc.png`` under ``config.out_dir``. Deterministic for a seed."""
     config = config or SiameseConfig()
+    if config.data not in DATASETS:
+        raise ValueError(f"data must be one of {DATASETS}, got {config.data!r}")
+    unset = {k: v for k, v in DATA_DEFAULTS[config.data].items() if getattr(config, k) is None}
+    config = dataclasses.replace(config, **unset)
     with _threads(config.num_threads):
         torch.manual_seed(config.seed)
-        images, labels = load_digits_tensors()
-        train_idx, val_idx, unseen_idx = _split(labels, config)
+        task = _digits_task(config) if config.data == "digits" else _faces_task(config)
         model = SiameseNet(small_encoder(1, config.dim, config.widths)).to(config.device)
         start = time.perf_counter()
-        history = _train(model, images[train_idx], labels[train_idx], config)
+        history = _train(model, task, config)
         train_seconds = time.perf_counter() - start
+        model.eval()
 
-        emb = _embed(model, images, config.device)
-        pixels = images.flatten(1)
-        val_scores, val_same = _pair_scores(emb[val_idx], labels[val_idx])
-        val_report = verification_report(val_scores, val_same)
-        scores, same = _pair_scores(emb[unseen_idx], labels[unseen_idx])
-        base_scores, _ = _pair_scores(pixels[unseen_idx], labels[unseen_idx])
-        tau = val_report.threshold
-        accuracy = float(((scores >= tau) == same).float().mean())
-        test_idx = torch.cat((val_idx, unseen_idx))  # images the model never trained on
-        is_unseen = torch.isin(labels[test_idx], torch.tensor(config.held_out))
-        learned = _identify(emb[test_idx], labels[test_idx], is_unseen, config.seed)
-        raw = _identify(pixels[test_idx], labels[test_idx], is_unseen, config.seed)
+        def learned(x):
+            with torch.no_grad():
+                return torch.cat([model(b.to(config.device)).cpu() for b in x.split(512)])
+
+        def pixels(x):
+            return x.flatten(1)
+
+        pairs = {}
+        for name, (images, ids) in (("seen", task.seen), ("unseen", task.unseen)):
+            pairs[name] = _pair_scores(learned(images), ids)
+            pairs[name + " pixels"] = _pair_scores(pixels(images), ids)
+        reports = {name: verification_report(*p) for name, p in pairs.items()}
+        tau = reports["seen"].threshold
+        scores, same = pairs["unseen"]
+        raw = _identify(pixels, task)
         result = SiameseResult(
+            config=config,
             history=history,
-            verification=verification_report(scores, same),
-            baseline=verification_report(base_scores, same),
-            seen_verification=val_report,
-            seen_baseline=verification_report(_pair_scores(pixels[val_idx], labels[val_idx])[0], val_same),
-            accuracy_at_tau=accuracy,
+            verification=reports["unseen"],
+            baseline=reports["unseen pixels"],
+            seen_verification=reports["seen"],
+            seen_baseline=reports["seen pixels"],
+            accuracy_at_tau=float(((scores >= tau) == same).float().mean()),
             tau=tau,
-            identification={**learned, "baseline_unseen": raw["unseen"], "baseline_seen": raw["seen"]},
+            identification={
+                **_identify(learned, task),
+                "baseline_unseen": raw["unseen"],
+                "baseline_seen": raw["seen"],
+            },
             train_seconds=train_seconds,
             model=model,
         )
         if save_plots:
-            curves = {
-                f"unseen digits, learned (AUC {result.verification.auc:.3f})": (scores, same),
-                f"unseen digits, raw pixels (AUC {result.baseline.auc:.3f})": (base_scores, same),
-                f"trained digits, learned (AUC {val_report.auc:.3f})": (val_scores, val_same),
-            }
-            curves = {name: roc_curve(*pairs)[:2] for name, pairs in curves.items()}
-            result.roc_png = _save_roc(result, curves, Path(config.out_dir))
+            labels = {"seen": "seen, learned", "seen pixels": "seen, raw pixels"}
+            labels.update({"unseen": "unseen, learned", "unseen pixels": "unseen, raw pixels"})
+            curves = {f"{labels[n]} (AUC {reports[n].auc:.3f})": roc_curve(*p)[:2] for n, p in pairs.items()}
+            title = f"{config.data}: one-shot verification of images never trained on"
+            result.roc_png = _save_roc(curves, title, Path(config.out_dir))
         return result
