@@ -133,6 +133,9 @@ def _add_siamese_demo(pipelines) -> None:
     )
     sia.add_argument("--no-progress", action="store_true", help="no progress bar")
     sia.add_argument(
+        "--no-pretrained", action="store_true", help="skip the MAC / R-MAC baselines of ImageNet MobileNetV2"
+    )
+    sia.add_argument(
         "--results-json", default=None, metavar="PATH", help="the JSON's path (default: OUT/results.json)"
     )
 
@@ -435,6 +438,7 @@ def _demo_siamese(args, argv: Optional[list] = None) -> int:
         out_dir=args.out,
         num_threads=args.threads,
         progress=not args.no_progress,
+        pretrained_baselines=not args.no_pretrained,
         **overrides,
     )
     start = time.perf_counter()
@@ -455,9 +459,15 @@ def _demo_siamese(args, argv: Optional[list] = None) -> int:
         f"  one-shot identification, top-1: unseen {ident['unseen']:.3f} "
         f"(raw {ident['baseline_unseen']:.3f}), seen {ident['seen']:.3f} (raw {ident['baseline_seen']:.3f})"
     )
+    for name, fig in result.pretrained.items():
+        print(
+            f"  {name.upper()} of ImageNet MobileNetV2 (no training), unseen: ROC AUC {fig['auc']:.3f}, "
+            f"EER {fig['eer']:.3f}, identification {fig['identification_unseen']:.3f}"
+        )
     json_path = args.results_json or str(Path(args.out) / "results.json")
     command = shlex.join(["fastmtl", *(argv if argv is not None else sys.argv[1:])])
     figures = {
+        "pretrained": result.pretrained,
         "verification": dataclasses.asdict(result.verification),
         "baseline": dataclasses.asdict(result.baseline),
         "seen_verification": dataclasses.asdict(result.seen_verification),

@@ -378,8 +378,22 @@ def render_siamese_demo(name: str, block: SiameseDemo, root: Path) -> str:
         f"{doc['accuracy_at_tau']:.3f} at the threshold calibrated on trained identities; on new images "
         f"of trained identities {pair('seen_verification', 'seen_baseline')}; one-shot identification "
         f"top-1 {ident['unseen']:.3f} unseen (raw {ident['baseline_unseen']:.3f}), {ident['seen']:.3f} "
-        f"seen (raw {ident['baseline_seen']:.3f}) (`{block.results}`, {doc['created_utc'][:10]}, torch "
-        f"{m['torch']}, rev {m['git_rev']})."
+        f"seen (raw {ident['baseline_seen']:.3f}){_pretrained_sentence(doc)} (`{block.results}`, "
+        f"{doc['created_utc'][:10]}, torch {m['torch']}, rev {m['git_rev']})."
+    )
+
+
+def _pretrained_sentence(doc: dict) -> str:
+    """The MAC / R-MAC figures of the run, when it had the pretrained baselines."""
+    names = {"mac": "MAC", "rmac": "R-MAC"}
+    parts = [
+        f"{names.get(name, name)} AUC {fig['auc']:.3f}, top-1 {fig['identification_unseen']:.3f}"
+        for name, fig in doc.get("pretrained", {}).items()
+    ]
+    return (
+        f"; with no training, ImageNet MobileNetV2's {' and '.join(parts)} on the unseen ones"
+        if parts
+        else ""
     )
 
 

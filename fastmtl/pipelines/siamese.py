@@ -6,7 +6,9 @@ on P x K batches, then measures verification (every pair of evaluation images sc
 similarity: ROC AUC, equal error rate, true-accept rate at fixed false-accept rates) and
 identification (a gallery of one reference per identity, the new ones added without retraining;
 top-1 accuracy), for identities seen in training (new images of them) and unseen ones, next to
-raw pixels (the cosine of the flattened images) as the no-training baseline. A ROC plot is saved.
+raw pixels (the cosine of the flattened images) and, with ``pretrained_baselines``, the MAC and
+R-MAC descriptors of ImageNet MobileNetV2 features (:mod:`fastmtl.models.descriptors`: no
+training at all) as the baselines. A ROC plot is saved.
 
 - ``data="digits"``: scikit-learn's 1,797 real 8x8 handwritten digits, each digit an identity;
   the digits in ``held_out`` (7, 8, 9) are never trained on. New images of trained digits verify
@@ -74,6 +76,8 @@ class SiameseConfig:
     distance: str = "euclidean"
     dim: int = 64
     widths: tuple = (32, 64)
+    pretrained_baselines: bool = True  # MAC / R-MAC of ImageNet MobileNetV2 (skipped without its weights)
+    pretrained_size: int = 128  # images upsampled to this side for MobileNetV2 (an 8 x 8 map at stride 16)
     device: str = "cpu"
     num_threads: Optional[int] = 1
     out_dir: str = "fastmtl-demo-siamese"
@@ -94,6 +98,9 @@ class SiameseResult:
     tau: float
     identification: dict  # top-1 accuracy: {"unseen", "seen", "baseline_unseen", "baseline_seen"}
     train_seconds: float
+    # per descriptor ("mac", "rmac"): {"auc", "eer", "identification_unseen"} on the unseen
+    # identities; empty when the pretrained weights are not installed or the option is off
+    pretrained: dict = field(default_factory=dict)
     roc_png: Optional[Path] = None
     model: Optional[SiameseNet] = field(default=None, repr=False)
 
@@ -225,6 +232,37 @@ def _identify(embed: Callable, task: _Task) -> dict:
     return {"unseen": float(right[unseen].float().mean()), "seen": float(right[~unseen].float().mean())}
 
 
+def _pretrained_embedders(config: SiameseConfig) -> dict:
+    """MAC and R-MAC of ImageNet MobileNetV2 stride-16 features of the images (gray to RGB,
+    upsampled); empty without the weights package."""
+    from fastmtl.models.descriptors import mac, rmac
+    from fastmtl.models.detection.mobilenet import MobileNetV2Backbone
+
+    try:
+        backbone = MobileNetV2Backbone(stride=16, pretrained=True).eval().to(config.device)
+    except ModuleNotFoundError:
+        return {}
+
+    def features(x):
+        size = (config.pretrained_size, config.pretrained_size)
+        x = torch.nn.functional.interpolate(
+            x.expand(-1, 3, -1, -1), size=size, mode="bilinear", align_corners=False
+        )
+        with torch.no_grad():
+            return torch.cat([backbone(b.to(config.device)).cpu() for b in x.split(64)])
+
+    return {"mac": lambda x: mac(features(x)), "rmac": lambda x: rmac(features(x))}
+
+
+def _pretrained_figures(config: SiameseConfig, task: _Task) -> dict:
+    out = {}
+    for name, embed in (_pretrained_embedders(config) if config.pretrained_baselines else {}).items():
+        report = verification_report(*_pair_scores(embed(task.unseen[0]), task.unseen[1]))
+        ident = _identify(embed, task)["unseen"]
+        out[name] = {"auc": report.auc, "eer": report.eer, "identification_unseen": ident}
+    return out
+
+
 def _save_roc(curves: dict, title: str, out: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
@@ -286,6 +324,7 @@ def train_siamese(config: Optional[SiameseConfig] = None, *, save_plots: bool = 
                 "baseline_seen": raw["seen"],
             },
             train_seconds=train_seconds,
+            pretrained=_pretrained_figures(config, task),
             model=model,
         )
         if save_plots:

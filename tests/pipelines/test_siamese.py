@@ -14,7 +14,8 @@ pytestmark = compiled_only
 
 
 def test_digits_separate_identities(tmp_path):
-    result = train_siamese(SiameseConfig(steps=60, progress=False, out_dir=str(tmp_path)))
+    config = SiameseConfig(steps=60, progress=False, out_dir=str(tmp_path), pretrained_baselines=False)
+    result = train_siamese(config)
     assert result.config.p == 7 and result.config.mining == "hard"  # the dataset's defaults
     assert result.seen_verification.auc > 0.95 > result.seen_baseline.auc
     assert result.verification.auc > 0.6  # digits never trained on: above chance
@@ -24,14 +25,17 @@ def test_digits_separate_identities(tmp_path):
 
 
 def test_faces_unseen_photos_verify_better_than_pixels(tmp_path):
-    result = train_siamese(SiameseConfig(data="faces", steps=160, progress=False), save_plots=False)
+    config = SiameseConfig(data="faces", steps=160, progress=False, pretrained_baselines=False)
+    result = train_siamese(config, save_plots=False)
     assert result.verification.auc > result.baseline.auc + 0.1
     assert result.identification["unseen"] > result.identification["baseline_unseen"]
 
 
 def test_cli_writes_the_results(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "siamese", "--steps", "20", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(["demo", "siamese", "--steps", "20", "--no-progress", "--no-pretrained", "--out", str(out)]) == 0
+    )
     doc = json.loads((out / "results.json").read_text())
     assert doc["demo"] == "siamese-digits" and doc["config"]["steps"] == 20 and not doc["defaults"]
     assert 0 <= doc["verification"]["auc"] <= 1 and "unseen identities" in capsys.readouterr().out
