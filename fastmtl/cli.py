@@ -119,10 +119,11 @@ def _add_siamese_demo(pipelines) -> None:
     )
     sia.add_argument(
         "--data",
-        choices=("digits", "faces"),
+        choices=("digits", "faces", "questions"),
         default="digits",
         help="'digits': scikit-learn's handwritten digits, 7-9 never trained on (default); 'faces': "
-        "scikit-image's 100 face photos, each photo an identity of its random views, 30 never trained on",
+        "scikit-image's 100 face photos, each photo an identity of its random views, 30 never trained on; "
+        "'questions': the project's duplicate-question set, 3 of 10 intents never trained on",
     )
     sia.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     sia.add_argument("--out", default="fastmtl-demo-siamese", help="directory for roc.png and results.json")
@@ -478,9 +479,10 @@ def _demo_siamese(args, argv: Optional[list] = None) -> int:
         "train_seconds": round(result.train_seconds, 1),
         "final_loss": result.history[-1],
     }
-    defaults = dataclasses.replace(
-        SiameseConfig(data=args.data), **{k: getattr(result.config, k) for k in ("p", "k", "mining")}
-    )
+    filled = {
+        k: getattr(result.config, k) for k in ("p", "k", "mining", "dim", "lr")
+    }  # the dataset's defaults
+    defaults = dataclasses.replace(SiameseConfig(data=args.data), **filled)
     write_demo_results(json_path, f"siamese-{args.data}", result.config, defaults, figures, seconds, command)
     print(f"wrote {result.roc_png} and {json_path}")
     return 0

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Gallery", "SiameseNet", "small_encoder"]
+__all__ = ["Gallery", "SiameseNet", "ngram_encoder", "small_encoder"]
 
 
 class SiameseNet(nn.Module):
@@ -47,6 +47,15 @@ def small_encoder(in_channels: int = 1, dim: int = 64, widths: Sequence[int] = (
         c = w
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, dim)]
     return nn.Sequential(*layers)
+
+
+def ngram_encoder(buckets: int = 1 << 13, dim: int = 256) -> nn.EmbeddingBag:
+    """A linear text encoder: the sum of learned vectors of a text's hashed words and character
+    trigrams (``fastmtl.data.questions.hashed_ngrams``, 0 padding). Initialized at random, it
+    starts as a random projection of the n-gram counts (their cosine roughly kept), and training
+    moves it from there: on the questions demo a ReLU MLP on top did worse on unseen intents than
+    the counts themselves, this did better."""
+    return nn.EmbeddingBag(buckets, dim, mode="sum", padding_idx=0)
 
 
 class Gallery:

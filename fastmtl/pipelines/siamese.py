@@ -19,6 +19,11 @@ training at all) as the baselines. A ROC plot is saved.
   shift, mirror, brightness, contrast, noise) are its samples: this measures an embedding
   invariant to those changes that still tells photos apart, on photos never trained on.
 
+- ``data="questions"``: duplicate questions ("How old are you?" = "What is your age?"), the
+  project's own template-written set (:mod:`fastmtl.data.questions`: 10 intents, 50 identities,
+  paraphrases and near misses), a hashed word and character-trigram encoder; the intents
+  ``time``, ``fix`` and ``meaning`` are never trained on; raw n-gram counts are the baseline.
+
 ``accuracy_at_tau``: the accuracy on the unseen identities' pairs at the threshold ``tau``
 calibrated on the seen identities' pairs (no peeking).
 """
@@ -33,8 +38,9 @@ import torch
 
 from fastmtl.data.augment import random_views
 from fastmtl.data.pk_sampler import PKSampler
+from fastmtl.data.questions import INTENTS, hashed_ngrams, question_set
 from fastmtl.metrics.verification import Verification, roc_curve, verification_report
-from fastmtl.models.siamese import Gallery, SiameseNet, small_encoder
+from fastmtl.models.siamese import Gallery, SiameseNet, ngram_encoder, small_encoder
 from fastmtl.ops import triplet_margin_loss
 from fastmtl.pipelines._figures import pyplot, save_figure
 from fastmtl.pipelines.detection import _threads
@@ -49,11 +55,13 @@ __all__ = [
     "train_siamese",
 ]
 
-DATASETS = ("digits", "faces")
-# Per dataset: every digit (seven trained) 16 times; 16 of 70 photos in 4 views each.
+DATASETS = ("digits", "faces", "questions")
+# Per dataset: every digit (seven trained) 16 times; 16 of 70 photos in 4 views each; 16 of 32
+# question identities, 3 paraphrases each.
 DATA_DEFAULTS = {
-    "digits": {"p": 7, "k": 16, "mining": "hard"},
-    "faces": {"p": 16, "k": 4, "mining": "semihard"},
+    "digits": {"p": 7, "k": 16, "mining": "hard", "dim": 64, "lr": 3e-3},
+    "faces": {"p": 16, "k": 4, "mining": "semihard", "dim": 64, "lr": 3e-3},
+    "questions": {"p": 16, "k": 3, "mining": "semihard", "dim": 256, "lr": 1e-2},
 }
 
 
@@ -66,15 +74,16 @@ class SiameseConfig:
     held_out: tuple = (7, 8, 9)  # digits never trained on
     val_fraction: float = 0.25  # digits: the trained digits' images kept for evaluation
     train_faces: int = 70  # faces: photos trained on (the rest are unseen identities)
+    unseen_intents: tuple = ("time", "fix", "meaning")  # questions: intents never trained on
     views: int = 6  # faces: random views per photo in evaluation
     steps: int = 400
     p: Optional[int] = None  # identities per batch (None: the dataset's, DATA_DEFAULTS)
     k: Optional[int] = None  # images per identity
-    lr: float = 3e-3
+    lr: Optional[float] = None
     margin: float = 0.3
     mining: Optional[str] = None
     distance: str = "euclidean"
-    dim: int = 64
+    dim: Optional[int] = None  # embedding size
     widths: tuple = (32, 64)
     pretrained_baselines: bool = True  # MAC / R-MAC of ImageNet MobileNetV2 (skipped without its weights)
     pretrained_size: int = 128  # images upsampled to this side for MobileNetV2 (an 8 x 8 map at stride 16)
@@ -126,7 +135,9 @@ def load_faces() -> torch.Tensor:
 class _Task:
     """Training batches and the evaluation images of one dataset."""
 
-    batch: Callable  # step -> (images, labels)
+    batch: Callable  # step -> (inputs, labels)
+    encoder: Callable  # config -> the encoder module
+    raw: Callable  # inputs -> the no-training baseline's vectors (pixels, n-gram counts)
     seen: tuple  # (images, labels): new images of trained identities
     unseen: tuple  # (images, labels): identities never trained on
     gallery: tuple  # (images, labels, unseen flags): one reference per identity
@@ -152,6 +163,8 @@ def _digits_task(config: SiameseConfig) -> _Task:
     queries = test_idx[~torch.isin(test_idx, refs)]
     return _Task(
         batch,
+        _image_encoder,
+        _flat,
         (images[val_idx], labels[val_idx]),
         (images[unseen_idx], labels[unseen_idx]),
         (images[refs], labels[refs], unseen[refs]),
@@ -178,9 +191,52 @@ def _faces_task(config: SiameseConfig) -> _Task:
     ids = torch.arange(len(photos))
     query_images = torch.cat((seen[0], unseen[0]))
     query_ids = torch.cat((seen[1], unseen[1]))
+    gallery, queries = (photos, ids, is_unseen), (query_images, query_ids, is_unseen[query_ids])
+    return _Task(batch, _image_encoder, _flat, seen, unseen, gallery, queries)
+
+
+def _questions_task(config: SiameseConfig) -> _Task:
+    """Seen identities train on their first three paraphrases and are evaluated on the next two
+    (templates 3 and 4); unseen intents are evaluated on every paraphrase; the gallery holds each
+    identity's first paraphrase."""
+    texts, ids, intents, templates = question_set()
+    tokens = hashed_ngrams(texts)
+    names = list(INTENTS)
+    unseen = torch.isin(intents, torch.tensor([names.index(n) for n in config.unseen_intents]))
+    train = torch.nonzero(~unseen & ((templates < 3) | (templates > 4))).flatten()
+    seen_eval = torch.nonzero(~unseen & (templates >= 3) & (templates <= 4)).flatten()
+    unseen_idx = torch.nonzero(unseen).flatten()
+    batches = iter(PKSampler(ids[train], config.p, config.k, config.steps, seed=config.seed))
+
+    def batch(_step):
+        b = train[next(batches)]
+        return tokens[b], ids[b]
+
+    refs = torch.nonzero(templates == 0).flatten()
+    queries = torch.cat((seen_eval, unseen_idx[templates[unseen_idx] > 0]))
     return _Task(
-        batch, seen, unseen, (photos, ids, is_unseen), (query_images, query_ids, is_unseen[query_ids])
+        batch,
+        lambda c: ngram_encoder(dim=c.dim),  # linear: see ngram_encoder
+        _ngram_counts,
+        (tokens[seen_eval], ids[seen_eval]),
+        (tokens[unseen_idx], ids[unseen_idx]),
+        (tokens[refs], ids[refs], unseen[refs]),
+        (tokens[queries], ids[queries], unseen[queries]),
     )
+
+
+def _image_encoder(config: SiameseConfig) -> torch.nn.Module:
+    return small_encoder(1, config.dim, config.widths)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).float()
+
+
+def _ngram_counts(tokens: torch.Tensor, buckets: int = 1 << 13) -> torch.Tensor:
+    """Each text's hashed n-gram counts (padding dropped), ``[Q, buckets]``."""
+    counts = torch.zeros(len(tokens), buckets).scatter_add_(1, tokens, torch.ones(tokens.shape))
+    return counts[:, 1:]
 
 
 def _one_of(members: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -256,7 +312,8 @@ def _pretrained_embedders(config: SiameseConfig) -> dict:
 
 def _pretrained_figures(config: SiameseConfig, task: _Task) -> dict:
     out = {}
-    for name, embed in (_pretrained_embedders(config) if config.pretrained_baselines else {}).items():
+    wanted = config.pretrained_baselines and config.data != "questions"  # image descriptors
+    for name, embed in (_pretrained_embedders(config) if wanted else {}).items():
         report = verification_report(*_pair_scores(embed(task.unseen[0]), task.unseen[1]))
         ident = _identify(embed, task)["unseen"]
         out[name] = {"auc": report.auc, "eer": report.eer, "identification_unseen": ident}
@@ -287,8 +344,9 @@ def train_siamese(config: Optional[SiameseConfig] = None, *, save_plots: bool = 
     config = dataclasses.replace(config, **unset)
     with _threads(config.num_threads):
         torch.manual_seed(config.seed)
-        task = _digits_task(config) if config.data == "digits" else _faces_task(config)
-        model = SiameseNet(small_encoder(1, config.dim, config.widths)).to(config.device)
+        tasks = {"digits": _digits_task, "faces": _faces_task, "questions": _questions_task}
+        task = tasks[config.data](config)
+        model = SiameseNet(task.encoder(config)).to(config.device)
         start = time.perf_counter()
         history = _train(model, task, config)
         train_seconds = time.perf_counter() - start
@@ -298,9 +356,7 @@ def train_siamese(config: Optional[SiameseConfig] = None, *, save_plots: bool = 
             with torch.no_grad():
                 return torch.cat([model(b.to(config.device)).cpu() for b in x.split(512)])
 
-        def pixels(x):
-            return x.flatten(1)
-
+        pixels = task.raw
         pairs = {}
         for name, (images, ids) in (("seen", task.seen), ("unseen", task.unseen)):
             pairs[name] = _pair_scores(learned(images), ids)

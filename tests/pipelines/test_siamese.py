@@ -41,3 +41,10 @@ def test_cli_writes_the_results(tmp_path, capsys):
     assert 0 <= doc["verification"]["auc"] <= 1 and "unseen identities" in capsys.readouterr().out
     with pytest.raises(ValueError, match="data must be"):
         train_siamese(SiameseConfig(data="voices"))
+
+
+def test_questions_learn_paraphrases_beyond_ngram_overlap():
+    result = train_siamese(SiameseConfig(data="questions", steps=150, progress=False), save_plots=False)
+    assert result.config.dim == 256 and result.config.lr == 1e-2  # the dataset's defaults
+    assert result.seen_verification.auc > result.seen_baseline.auc
+    assert result.verification.auc > 0.8
