@@ -223,6 +223,7 @@ BLOCKS = {
     "demo-yolo": DetectionDemo(results="docs/results/demo-yolo.json"),
     "demo-siamese-digits": SiameseDemo(results="docs/results/demo-siamese-digits.json"),
     "demo-siamese-faces": SiameseDemo(results="docs/results/demo-siamese-faces.json"),
+    "demo-siamese-questions": SiameseDemo(results="docs/results/demo-siamese-questions.json"),
 }
 
 BASELINE = "fastmtl"
