@@ -369,14 +369,17 @@ def render_siamese_demo(name: str, block: SiameseDemo, root: Path) -> str:
     c, m, ident = doc["config"], doc["machine"], doc["identification"]
     run = "Default run" if doc.get("defaults") else f"Run of `{doc['command']}`"
 
+    text = c.get("data") == "questions"
+    raw, new = ("raw n-grams", "new paraphrases") if text else ("raw pixels", "new images")
+
     def pair(key, base):
-        return f"{doc[key]['auc']:.3f} (raw pixels {doc[base]['auc']:.3f})"
+        return f"{doc[key]['auc']:.3f} ({raw} {doc[base]['auc']:.3f})"
 
     return (
         f"{run} ({c['steps']} steps): {_duration(doc['seconds'])} on {m['device_name']}; ROC AUC on "
         f"identities never trained on {pair('verification', 'baseline')}, EER "
         f"{doc['verification']['eer']:.3f} (raw {doc['baseline']['eer']:.3f}), accuracy "
-        f"{doc['accuracy_at_tau']:.3f} at the threshold calibrated on trained identities; on new images "
+        f"{doc['accuracy_at_tau']:.3f} at the threshold calibrated on trained identities; on {new} "
         f"of trained identities {pair('seen_verification', 'seen_baseline')}; one-shot identification "
         f"top-1 {ident['unseen']:.3f} unseen (raw {ident['baseline_unseen']:.3f}), {ident['seen']:.3f} "
         f"seen (raw {ident['baseline_seen']:.3f}){_pretrained_sentence(doc)} (`{block.results}`, "
