@@ -35,10 +35,12 @@ def distance_matrix(x: Tensor, distance: str) -> Tensor:
     if distance == "cosine":
         u = F.normalize(x, dim=1, eps=1e-12)
         return -(u @ u.t())
-    diff = x[:, None, :] - x[None, :, :]
+    squared = (x[:, None, :] - x[None, :, :]).square().sum(-1)
     if distance == "squared_euclidean":
-        return diff.square().sum(-1)
-    return torch.linalg.vector_norm(diff, dim=-1)  # its gradient is 0 at 0
+        return squared
+    # 0 with a zero gradient at 0 (torch.cdist's convention), and finite second derivatives
+    safe = squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt()
+    return torch.where(squared > 0, safe, torch.zeros_like(safe))
 
 
 def _first_arg(values: Tensor, mask: Tensor, largest: bool) -> "tuple[Tensor, Tensor]":

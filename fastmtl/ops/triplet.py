@@ -225,23 +225,28 @@ def _register() -> None:
         return embeddings.new_empty(embeddings.shape)
 
     def setup_context(ctx, inputs, output):
-        embeddings, _, _, _, distance, compute_grad = inputs
+        embeddings, labels, margin, mining, distance, compute_grad = inputs
         _, stats, weights = output
         ctx.mark_non_differentiable(stats, weights)
         ctx.set_materialize_grads(False)  # no B x B zeros for the weights' gradient
-        ctx.distance, ctx.compute_grad = distance, compute_grad
-        ctx.save_for_backward(embeddings, weights)
+        ctx.options, ctx.compute_grad = (margin, mining, distance), compute_grad
+        ctx.save_for_backward(embeddings, weights, labels)
 
     def backward(ctx, grad_loss, _grad_stats, _grad_weights):
         if grad_loss is None or not ctx.needs_input_grad[0]:
             return (None,) * 6
-        if torch.is_grad_enabled():
-            raise RuntimeError("triplet_margin_loss: double backward is not supported")
+        embeddings, weights, labels = ctx.saved_tensors
+        margin, mining, distance = ctx.options
+        if torch.is_grad_enabled():  # double backward: the reference's vector-Jacobian product
+            x = embeddings.to(compute_dtype(embeddings.dtype))
+            _, vjp = torch.func.vjp(
+                lambda e: triplet_terms_reference(e, labels, margin, mining, distance)[0], x
+            )
+            return (vjp(grad_loss.to(x.dtype))[0].to(embeddings.dtype),) + (None,) * 5
         if not ctx.compute_grad:
             raise RuntimeError("triplet_margin_loss was called with compute_grad=False: it saved no gradient")
-        embeddings, weights = ctx.saved_tensors
         grad = torch.ops.fastmtl._triplet_margin_loss_backward(
-            grad_loss.contiguous(), weights, embeddings, ctx.distance
+            grad_loss.contiguous(), weights, embeddings, distance
         )
         return (grad,) + (None,) * 5
 
@@ -261,18 +266,24 @@ def _register() -> None:
     def explicit_setup(ctx, inputs, output):
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
-        ctx.compute_grad = inputs[-1]
+        ctx.options, ctx.compute_grad = inputs[3:7], inputs[-1]
         ctx.dtype = inputs[0].dtype
-        ctx.save_for_backward(output[1])
+        ctx.save_for_backward(output[1], *inputs[:3])
 
     def explicit_backward(ctx, grad_loss, _grad_grads):
         if grad_loss is None or not any(ctx.needs_input_grad[:3]):
             return (None,) * 8
-        if torch.is_grad_enabled():
-            raise RuntimeError("triplet_loss: double backward is not supported")
+        grads, *rows = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: torch's own formula, differentiated again
+            dt = compute_dtype(ctx.dtype)
+
+            def loss(a, p, n):
+                return torch.nn.functional.triplet_margin_loss(a, p, n, *ctx.options, reduction="none")
+
+            _, vjp = torch.func.vjp(loss, *(r.to(dt) for r in rows))
+            return tuple(g.to(ctx.dtype) for g in vjp(grad_loss.to(dt))) + (None,) * 5
         if not ctx.compute_grad:
             raise RuntimeError("triplet_loss was called with compute_grad=False: it saved no gradient")
-        (grads,) = ctx.saved_tensors
         g = (grads * grad_loss.to(grads.dtype)[None, :, None]).to(ctx.dtype)
         return (g[0], g[1], g[2]) + (None,) * 5
 

@@ -195,11 +195,14 @@ def test_under_autocast_the_loss_stays_in_float32(gen):
     torch.testing.assert_close(got, want)
 
 
-def test_double_backward_raises(gen):
-    x, labels = batch(gen, b=8)
-    x = x.requires_grad_()
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(F.triplet_margin_loss(x, labels)["loss"], x, create_graph=True)
+@pytest.mark.parametrize("mining", MINING)
+def test_double_backward_through_the_reference(mining, gen):
+    x, labels = batch(gen, b=10, dim=3, classes=3)
+    x[3] += 0.1  # no equal pair
+    fn = lambda t: F.triplet_margin_loss(t, labels, 0.5, mining, "euclidean", "sum")["loss"]  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x.requires_grad_(),))
+    a, pos, neg = (t.requires_grad_() for t in rows(gen, b=6, dim=3))
+    assert torch.autograd.gradgradcheck(lambda *t: F.triplet_loss(*t, swap=True), (a, pos, neg))
 
 
 @pytest.mark.parametrize(
