@@ -323,14 +323,22 @@ def write_detection_results(path, config, result, seconds: float, command: str) 
 
 
 def _demo_overrides(args) -> Optional[dict]:
-    """The config overrides of a training demo's arguments, or None (after a message) when bad."""
+    """The config fields a training demo's common arguments set (seed, device, out_dir, threads,
+    progress, steps), or None (after a message) when bad."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("fastmtl demo: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return None
     if args.steps is not None and args.steps < 1:
         print("fastmtl demo: --steps must be >= 1", file=sys.stderr)
         return None
-    return {"steps": args.steps} if args.steps is not None else {}
+    common = {
+        "seed": args.seed,
+        "device": args.device,
+        "out_dir": args.out,
+        "num_threads": args.threads,
+        "progress": not args.no_progress,
+    }
+    return {**common, "steps": args.steps} if args.steps is not None else common
 
 
 def _demo_detection(args, argv: Optional[list] = None) -> int:
@@ -343,12 +351,7 @@ def _demo_detection(args, argv: Optional[list] = None) -> int:
     if overrides is None:
         return 2
     config = DetectionConfig(
-        seed=args.seed,
         proposals=args.proposals,
-        device=args.device,
-        out_dir=args.out,
-        num_threads=args.threads,
-        progress=not args.no_progress,
         **overrides,
     )
     start = time.perf_counter()
@@ -381,16 +384,7 @@ def _demo_yolo(args, argv: Optional[list] = None) -> int:
     overrides = _demo_overrides(args)
     if overrides is None:
         return 2
-    config = YOLOConfig(
-        seed=args.seed,
-        backbone=args.backbone,
-        freeze_backbone=args.freeze,
-        device=args.device,
-        out_dir=args.out,
-        num_threads=args.threads,
-        progress=not args.no_progress,
-        **overrides,
-    )
+    config = YOLOConfig(backbone=args.backbone, freeze_backbone=args.freeze, **overrides)
     start = time.perf_counter()
     try:
         result = train_yolo(config)
@@ -432,16 +426,7 @@ def _demo_siamese(args, argv: Optional[list] = None) -> int:
     overrides = _demo_overrides(args)
     if overrides is None:
         return 2
-    config = SiameseConfig(
-        data=args.data,
-        seed=args.seed,
-        device=args.device,
-        out_dir=args.out,
-        num_threads=args.threads,
-        progress=not args.no_progress,
-        pretrained_baselines=not args.no_pretrained,
-        **overrides,
-    )
+    config = SiameseConfig(data=args.data, pretrained_baselines=not args.no_pretrained, **overrides)
     start = time.perf_counter()
     result = train_siamese(config)
     seconds = time.perf_counter() - start
