@@ -121,7 +121,8 @@ FASTMTL_HD RowSums<T> anchor_row(const T* d, const L* labels, int64_t b, int64_t
       w[p] += hits;
     }
   }
-  for (int64_t j = 0; j < b; ++j) {
+  for (int64_t j = 0; j < b; ++j) {  // most weights are 0 (batch-hard keeps two): no division there
+    if (w[j] == T(0)) continue;
     if (metric == kEuclidean) w[j] = d[j] > T(0) ? w[j] / d[j] : T(0);
     else w[j] = metric == kSquared ? T(2) * w[j] : -w[j];
   }
