@@ -62,6 +62,8 @@ def _hot_path_calls():
     yolo_pred.requires_grad_()
     anchor_preds = [feats(2, 3, s, s, 9).requires_grad_() for s in (8, 4, 2)]
     anchors = torch.tensor(YOLOV5_ANCHORS, device="cuda")
+    emb = feats(64, 16).requires_grad_()
+    emb_labels = torch.arange(64, device="cuda") // 4
     return {
         "box_iou": lambda: F.box_iou(p, t),
         "generalized_box_iou": lambda: F.generalized_box_iou(p, t),
@@ -91,6 +93,8 @@ def _hot_path_calls():
         "yolo_anchor_loss_yolov5": lambda: yolo_anchor_loss(
             anchor_preds, yolo_targets, yolo_counts, anchors, YOLOV5_STRIDES, mode="yolov5"
         )["total"],
+        "triplet_margin_loss": lambda: F.triplet_margin_loss(emb, emb_labels, 0.2, "semihard")["loss"],
+        "triplet_loss": lambda: F.triplet_loss(emb, emb.flip(0), emb.roll(1, 0), swap=True),
     }
 
 
@@ -98,7 +102,7 @@ HOT_PATH = [
     "box_iou", "generalized_box_iou", "complete_box_iou", "giou_loss", "ciou_loss", "box_area", "box_convert",
     "roi_align", "roi_align_deterministic", "roi_pool", "roi_align_list", "multiscale_roi_align",
     "gram_matrix", "style_loss", "content_loss", "multiclass_nms", "yolo_v1_loss", "yolo_anchor_loss",
-    "yolo_anchor_loss_ciou", "yolo_anchor_loss_yolov5",
+    "yolo_anchor_loss_ciou", "yolo_anchor_loss_yolov5", "triplet_margin_loss", "triplet_loss",
 ]  # fmt: skip
 
 
