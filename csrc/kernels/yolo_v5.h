@@ -113,6 +113,22 @@ FASTMTL_HD T prediction_ciou(const S* p, const Candidate<T>& c, T prior_w, T pri
 // Number of candidate slots (o, a, k) of one image and scale.
 FASTMTL_HD int64_t slots(int anchors, int64_t max_boxes) { return int64_t(kOffsets) * anchors * max_boxes; }
 
+// Slot q = (o A + a) M + k of one image at scale l: the candidate, the index of its prediction
+// among the image's [A, H, W] of the scale in *at (-1 for none) and the prior in cells.
+template <typename T>
+FASTMTL_HD Candidate<T> slot_candidate(const T* targets, int64_t count, int64_t max_boxes, int64_t q,
+                                       const yolo3::Scales<T>& s, int l, T anchor_t, int64_t* at, T* pw, T* ph) {
+  const int h = s.grid_h[l], w = s.grid_w[l];
+  const int64_t k = q % max_boxes;
+  const int a = static_cast<int>(q / max_boxes % s.anchors), o = static_cast<int>(q / (max_boxes * s.anchors));
+  const yolo3::Slot<T> prior = yolo3::slot_of(s, l, a, 0, 0);  // the prior in cells: pixels / stride
+  *pw = prior.prior_w;
+  *ph = prior.prior_h;
+  const Candidate<T> c = k < count ? candidate(targets + 5 * k, o, *pw, *ph, w, h, anchor_t) : Candidate<T>{};
+  *at = c.active ? (int64_t(a) * h + c.gj) * w + c.gi : -1;
+  return c;
+}
+
 // What slot q adds: whether it is a candidate, the prediction it lands on (its index among the
 // image's predictions of the scale), the objectness target max(CIoU, 0), and its box and class terms.
 template <typename T>
@@ -129,20 +145,17 @@ struct SlotLoss {
 template <typename T, typename S>
 FASTMTL_HD SlotLoss<T> slot_loss(const S* preds, const T* targets, int64_t count, int64_t max_boxes, int64_t q,
                                  const yolo3::Scales<T>& s, int l, int classes, T anchor_t, S* row) {
-  const int values = 5 + classes, h = s.grid_h[l], w = s.grid_w[l];
-  const int64_t k = q % max_boxes;
-  const int a = static_cast<int>(q / max_boxes % s.anchors), o = static_cast<int>(q / (max_boxes * s.anchors));
+  const int values = 5 + classes;
+  const int64_t k = q % max_boxes;  // the target
   SlotLoss<T> out{false, -1, T(0), T(0), T(0)};
-  const yolo3::Slot<T> prior = yolo3::slot_of(s, l, a, 0, 0);  // the prior in cells: pixels / stride
-  const T pw = prior.prior_w, ph = prior.prior_h;
-  const Candidate<T> c = k < count ? candidate(targets + 5 * k, o, pw, ph, w, h, anchor_t) : Candidate<T>{};
+  T pw, ph;
+  const Candidate<T> c = slot_candidate(targets, count, max_boxes, q, s, l, anchor_t, &out.at, &pw, &ph);
   if (!c.active) {
     if (row)
       for (int e = 0; e < values; ++e) row[e] = S(0);
     return out;
   }
   out.active = true;
-  out.at = (int64_t(a) * h + c.gj) * w + c.gi;
   const S* p = preds + out.at * values;
   T g[4];
   const T ciou = prediction_ciou(p, c, pw, ph, row ? g : nullptr);

@@ -11,6 +11,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "../common.h"
@@ -68,15 +69,22 @@ struct Nonzeros {
   std::vector<T> vals, col_vals;
 };
 
+// Where each row's nonzeros of w start, [b + 1]: the last entry is their total.
 template <typename T>
-Nonzeros<T> nonzeros(const T* w, const T* g, int64_t b) {
-  Nonzeros<T> nz;
-  nz.row_start.assign(b + 1, 0);
+std::vector<int64_t> row_starts(const T* w, int64_t b) {
+  std::vector<int64_t> start(b + 1, 0);
   at::parallel_for(0, b, 64, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i)
-      for (int64_t j = 0; j < b; ++j) nz.row_start[i + 1] += w[i * b + j] != T(0);
+      for (int64_t j = 0; j < b; ++j) start[i + 1] += w[i * b + j] != T(0);
   });
-  for (int64_t i = 0; i < b; ++i) nz.row_start[i + 1] += nz.row_start[i];
+  for (int64_t i = 0; i < b; ++i) start[i + 1] += start[i];
+  return start;
+}
+
+template <typename T>
+Nonzeros<T> nonzeros(const T* w, const T* g, int64_t b, std::vector<int64_t> row_start) {
+  Nonzeros<T> nz;
+  nz.row_start = std::move(row_start);
   const int64_t total = nz.row_start[b];
   nz.cols.resize(total);
   nz.vals.resize(total);
@@ -132,20 +140,23 @@ at::Tensor triplet_margin_loss_backward_cpu(const at::Tensor& grad_loss, const a
   const triplet::Metric metric = check_backward_args(grad_loss, weights, embeddings, distance);
   const int64_t b = embeddings.size(0), dim = embeddings.size(1);
   const at::Tensor w = weights.contiguous();
-  if (b == 0 || w.ne(0).sum().item<int64_t>() * kSparseShare > b * b)
-    return triplet_backward(grad_loss, weights, embeddings, distance);
+  if (b == 0) return triplet_backward(grad_loss, weights, embeddings, distance);
   const at::Tensor x = embeddings.to(w.scalar_type());
-  const at::Tensor rows = metric_rows(x, metric).contiguous();
   const at::Tensor g = grad_loss.to(w.scalar_type()).contiguous();
-  at::Tensor out = at::zeros({b, dim}, w.options());
+  at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "triplet_backward_cpu", [&] {
-    const Nonzeros<scalar_t> nz = nonzeros(w.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), b);
+    std::vector<int64_t> start = row_starts(w.const_data_ptr<scalar_t>(), b);
+    if (start[b] * kSparseShare > b * b) return;  // dense: the matrix products below
+    const at::Tensor rows = metric_rows(x, metric).contiguous();
+    out = at::zeros({b, dim}, w.options());
+    const Nonzeros<scalar_t> nz = nonzeros(w.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), b, std::move(start));
     const scalar_t* xp = rows.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const bool cosine = metric == triplet::kCosine;
     add_pairs(nz.row_start, nz.cols, nz.vals, xp, b, dim, cosine, op);     // d/dx_a of d(a, j)
     add_pairs(nz.col_start, nz.rows, nz.col_vals, xp, b, dim, cosine, op);  // d/dx_j of d(a, j)
   });
+  if (!out.defined()) return triplet_backward(grad_loss, weights, embeddings, distance);
   if (metric == triplet::kCosine) out = cosine_input_grad(out, x);
   return out.to(embeddings.scalar_type());
 }

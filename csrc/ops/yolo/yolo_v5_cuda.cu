@@ -78,9 +78,9 @@ __global__ void yolov5_forward_kernel(DeviceViews<scalar_t> v, yolo3::Scales<at:
       if (og) og[at] = static_cast<scalar_t>(sig);
     }
     for (int64_t q = threadIdx.x; q < v.slots; q += blockDim.x) {  // reset the cells the candidates reach
-      const yolo5::SlotLoss<T> r =
-          yolo5::slot_loss<T, scalar_t>(p, t, count, v.max_boxes, q, s, l, v.values - 5, anchor_t, nullptr);
-      if (r.active) win[r.at] = -1;
+      int64_t at;
+      T pw, ph;
+      if (yolo5::slot_candidate(t, count, v.max_boxes, q, s, l, anchor_t, &at, &pw, &ph).active) win[at] = -1;
     }
     __syncthreads();
     for (int64_t q = threadIdx.x; q < v.slots; q += blockDim.x) {
