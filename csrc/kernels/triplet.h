@@ -25,9 +25,17 @@ enum Stat : int { kActive = 0, kMined = 1, kPosSum = 2, kNegSum = 3, kStats = 4 
 // (a few ulps of the norms become the whole distance, and 1/d blows up in the gradient), so the
 // sum of squared differences is taken from the rows themselves: exactly 0 for equal rows.
 template <typename T>
-FASTMTL_HD T squared_distance(const T* xi, const T* xj, int64_t dim, T norm_i, T norm_j, T gram) {
-  const T fast = norm_i + norm_j - T(2) * gram;
-  if (fast > (norm_i + norm_j) / T(64)) return fast;
+FASTMTL_HD T gram_squared(T norm_i, T norm_j, T gram) {
+  return norm_i + norm_j - T(2) * gram;
+}
+
+template <typename T>
+FASTMTL_HD bool cancelled(T fast, T norm_i, T norm_j) {
+  return !(fast > (norm_i + norm_j) / T(64));
+}
+
+template <typename T>
+FASTMTL_HD T exact_squared(const T* xi, const T* xj, int64_t dim) {
   T exact = T(0);
   for (int64_t k = 0; k < dim; ++k) {
     const T diff = xi[k] - xj[k];
@@ -36,12 +44,24 @@ FASTMTL_HD T squared_distance(const T* xi, const T* xj, int64_t dim, T norm_i, T
   return exact;
 }
 
+template <typename T>
+FASTMTL_HD T squared_distance(const T* xi, const T* xj, int64_t dim, T norm_i, T norm_j, T gram) {
+  const T fast = gram_squared(norm_i, norm_j, gram);
+  return cancelled(fast, norm_i, norm_j) ? exact_squared(xi, xj, dim) : fast;
+}
+
+// The distance from the squared one (cosine: the negated similarity, the Gram value itself).
+template <typename T>
+FASTMTL_HD T finish_distance(int metric, T v) {
+  if (metric == kCosine) return -v;
+  return metric == kSquared ? v : sqrt(v);
+}
+
 // The distance of a pair, from the Gram value (cosine: of the normalized rows; norms unused).
 template <typename T>
 FASTMTL_HD T pair_distance(int metric, const T* xi, const T* xj, int64_t dim, T norm_i, T norm_j, T gram) {
-  if (metric == kCosine) return -gram;
-  const T sq = squared_distance(xi, xj, dim, norm_i, norm_j, gram);
-  return metric == kSquared ? sq : sqrt(sq);
+  if (metric == kCosine) return finish_distance(metric, gram);
+  return finish_distance(metric, squared_distance(xi, xj, dim, norm_i, norm_j, gram));
 }
 
 // The statistics of one mined triplet (a, p, n) and its loss d(a, p) - d(a, n) + margin when > 0.
@@ -71,6 +91,44 @@ struct RowSums {
   }
 };
 
+// A weight w = d loss / d distance folded with the metric's derivative: euclidean / d (0 where
+// d = 0), squared x 2, cosine x -1 (a derivative in the similarity).
+template <typename T>
+FASTMTL_HD T fold(int metric, T w, T d) {
+  if (metric == kEuclidean) return d > T(0) ? w / d : T(0);
+  return metric == kSquared ? T(2) * w : -w;
+}
+
+// Batch-hard's choice in anchor a's row: the farthest positive p and the closest negative n (-1
+// for none; ties: the first index).
+template <typename T>
+struct Hardest {
+  int64_t p = -1, n = -1;
+  T dp = T(0), dn = T(0);
+};
+
+// One pass with the best distances held in registers (comparing with d[p] reloaded from memory
+// made every step wait for the previous one's load).
+template <typename T, typename L>
+FASTMTL_HD Hardest<T> hardest(const T* d, const L* labels, int64_t b, int64_t a) {
+  const L la = labels[a];
+  int64_t p = -1, n = -1;  // locals, not the struct's members: those went through the stack
+  T dp = T(0), dn = T(0);
+  for (int64_t j = 0; j < b; ++j) {
+    const T dj = d[j];
+    if (labels[j] == la) {
+      if (j != a && (p < 0 || dj > dp)) {
+        p = j;
+        dp = dj;
+      }
+    } else if (n < 0 || dj < dn) {
+      n = j;
+      dn = dj;
+    }
+  }
+  return {p, n, dp, dn};
+}
+
 // Anchor a's row: d[b] its distances, labels[b]; writes w[b] = d loss_a / d d(a, j) folded with
 // the metric (euclidean: / d, 0 where d = 0; squared: x 2; cosine: x -1, a derivative in the
 // similarity), returns the sums. Ties: the first index. The band of semi-hard negatives is
@@ -82,18 +140,12 @@ FASTMTL_HD RowSums<T> anchor_row(const T* d, const L* labels, int64_t b, int64_t
   const L la = labels[a];
   for (int64_t j = 0; j < b; ++j) w[j] = T(0);
   if (mining == kHard) {
-    int64_t p = -1, n = -1;
-    for (int64_t j = 0; j < b; ++j) {
-      if (labels[j] == la) {
-        if (j != a && (p < 0 || d[j] > d[p])) p = j;
-      } else if (n < 0 || d[j] < d[n]) {
-        n = j;
-      }
+    const Hardest<T> h = hardest(d, labels, b, a);
+    if (h.p >= 0 && h.n >= 0 && s.add(d[h.p], d[h.n], margin)) {
+      w[h.p] = fold(metric, T(1), d[h.p]);  // the only nonzeros of the row
+      w[h.n] = fold(metric, T(-1), d[h.n]);
     }
-    if (p >= 0 && n >= 0 && s.add(d[p], d[n], margin)) {
-      w[p] += T(1);
-      w[n] -= T(1);
-    }
+    return s;
   } else {
     for (int64_t p = 0; p < b; ++p) {
       if (p == a || labels[p] != la) continue;
@@ -121,10 +173,8 @@ FASTMTL_HD RowSums<T> anchor_row(const T* d, const L* labels, int64_t b, int64_t
       w[p] += hits;
     }
   }
-  for (int64_t j = 0; j < b; ++j) {  // most weights are 0 (batch-hard keeps two): no division there
-    if (w[j] == T(0)) continue;
-    if (metric == kEuclidean) w[j] = d[j] > T(0) ? w[j] / d[j] : T(0);
-    else w[j] = metric == kSquared ? T(2) * w[j] : -w[j];
+  for (int64_t j = 0; j < b; ++j) {  // most weights are 0: no division there
+    if (w[j] != T(0)) w[j] = fold(metric, w[j], d[j]);
   }
   return s;
 }

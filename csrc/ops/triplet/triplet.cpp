@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "../checks.h"
+#include "../grad_cache.h"
 
 namespace fastmtl {
 
@@ -89,8 +90,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor&
   const auto acc = accumulate_type(embeddings.scalar_type());
   const at::Tensor x = metric_rows(embeddings.to(acc), metric).contiguous();
   const at::Tensor norms = (x * x).sum(1);
-  at::Tensor d = at::mm(x, x.t()).contiguous();  // the Gram matrix, then the distances in place
-  at::Tensor w = at::empty({b, b}, x.options());
+  // The B x B buffers come from the CPU cache: a fresh 4 MB buffer's page faults cost as much as
+  // the Gram product itself at B = 1024.
+  at::Tensor d = cached_cpu_empty({b, b}, x.options());
+  at::mm_out(d, x, x.t());  // the Gram matrix, then the distances in place
+  at::Tensor w = cached_cpu_empty({b, b}, x.options());
   at::Tensor loss = at::empty({b}, x.options());
   at::Tensor stats = at::empty({b, triplet::kStats}, x.options().dtype(at::kDouble));
   if (b > 0) {

@@ -22,6 +22,26 @@ namespace {
 
 constexpr int64_t kPairsPerTask = int64_t(1) << 15;
 
+// Row i of the Gram matrix into distances, pair_distance's steps as whole-row loops the compiler
+// vectorizes (the exact sums for cancelled pairs are rare and predictable).
+template <typename T>
+void distance_row(int metric, const T* x, const T* norms, int64_t b, int64_t dim, int64_t i, T* g) {
+  if (metric != triplet::kCosine) {
+    const T ni = norms[i];
+    int32_t count = 0;  // cancelled pairs other than the diagonal
+    for (int64_t j = 0; j < b; ++j) {
+      g[j] = triplet::gram_squared(ni, norms[j], g[j]);
+      count += triplet::cancelled(g[j], ni, norms[j]);
+    }
+    count -= triplet::cancelled(g[i], ni, ni);
+    for (int64_t j = 0; count > 0 && j < b; ++j) {
+      if (triplet::cancelled(g[j], ni, norms[j])) g[j] = triplet::exact_squared(x + i * dim, x + j * dim, dim);
+    }
+    g[i] = T(0);  // the exact sum of a row with itself
+  }
+  for (int64_t j = 0; j < b; ++j) g[j] = triplet::finish_distance(metric, g[j]);
+}
+
 void distances_cpu(const at::Tensor& x, const at::Tensor& norms, at::Tensor& gram, int metric) {
   const int64_t b = x.size(0), dim = x.size(1);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "triplet_distances_cpu", [&] {
@@ -29,9 +49,7 @@ void distances_cpu(const at::Tensor& x, const at::Tensor& norms, at::Tensor& gra
     const scalar_t* np = norms.const_data_ptr<scalar_t>();
     scalar_t* g = gram.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, b, std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(b, 1)), [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i)
-        for (int64_t j = 0; j < b; ++j)
-          g[i * b + j] = triplet::pair_distance(metric, xp + i * dim, xp + j * dim, dim, np[i], np[j], g[i * b + j]);
+      for (int64_t i = lo; i < hi; ++i) distance_row(metric, xp, np, b, dim, i, g + i * b);
     });
   });
 }
@@ -74,8 +92,11 @@ template <typename T>
 std::vector<int64_t> row_starts(const T* w, int64_t b) {
   std::vector<int64_t> start(b + 1, 0);
   at::parallel_for(0, b, 64, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i)
-      for (int64_t j = 0; j < b; ++j) start[i + 1] += w[i * b + j] != T(0);
+    for (int64_t i = lo; i < hi; ++i) {
+      int64_t count = 0;  // a local: the compiler vectorizes the count
+      for (int64_t j = 0; j < b; ++j) count += w[i * b + j] != T(0);
+      start[i + 1] = count;
+    }
   });
   for (int64_t i = 0; i < b; ++i) start[i + 1] += start[i];
   return start;
