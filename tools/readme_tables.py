@@ -224,6 +224,7 @@ BLOCKS = {
     "demo-siamese-digits": SiameseDemo(results="docs/results/demo-siamese-digits.json"),
     "demo-siamese-faces": SiameseDemo(results="docs/results/demo-siamese-faces.json"),
     "demo-siamese-questions": SiameseDemo(results="docs/results/demo-siamese-questions.json"),
+    "demo-siamese-questions-minilm": SiameseDemo(results="docs/results/demo-siamese-questions-minilm.json"),
 }
 
 BASELINE = "fastmtl"
@@ -368,7 +369,8 @@ def render_siamese_demo(name: str, block: SiameseDemo, root: Path) -> str:
     doc = json.loads((root / block.results).read_text())
     c, m, ident = doc["config"], doc["machine"], doc["identification"]
     run = "Default run" if doc.get("defaults") else f"Run of `{doc['command']}`"
-
+    if c.get("text_encoder") == "minilm":
+        run += " fine-tuning MiniLM"
     text = c.get("data") == "questions"
     raw, new = ("raw n-grams", "new paraphrases") if text else ("raw pixels", "new images")
 
@@ -388,11 +390,19 @@ def render_siamese_demo(name: str, block: SiameseDemo, root: Path) -> str:
 
 
 def _pretrained_sentence(doc: dict) -> str:
-    """The MAC / R-MAC figures of the run, when it had the pretrained baselines."""
+    """The no-training figures of the run (MAC / R-MAC of MobileNetV2, or the pretrained MiniLM),
+    when it had the pretrained baselines."""
+    found = doc.get("pretrained", {})
+    if "minilm" in found:
+        fig = found["minilm"]
+        return (
+            f"; with no fine-tuning, the pretrained MiniLM's AUC {fig['auc']:.3f}, EER {fig['eer']:.3f}, "
+            f"top-1 {fig['identification_unseen']:.3f} on the unseen ones"
+        )
     names = {"mac": "MAC", "rmac": "R-MAC"}
     parts = [
         f"{names.get(name, name)} AUC {fig['auc']:.3f}, top-1 {fig['identification_unseen']:.3f}"
-        for name, fig in doc.get("pretrained", {}).items()
+        for name, fig in found.items()
     ]
     return (
         f"; with no training, ImageNet MobileNetV2's {' and '.join(parts)} on the unseen ones"

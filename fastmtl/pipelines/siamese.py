@@ -23,6 +23,9 @@ training at all) as the baselines. A ROC plot is saved.
   project's own template-written set (:mod:`fastmtl.data.questions`: 10 intents, 50 identities,
   paraphrases and near misses), a hashed word and character-trigram encoder; the intents
   ``time``, ``fix`` and ``meaning`` are never trained on; raw n-gram counts are the baseline.
+  ``text_encoder="minilm"`` fine-tunes the pretrained MiniLM sentence encoder instead
+  (:mod:`fastmtl.text`; its weights package installed); with ``pretrained_baselines`` the
+  pretrained MiniLM without fine-tuning is measured as well.
 
 ``accuracy_at_tau``: the accuracy on the unseen identities' pairs at the threshold ``tau``
 calibrated on the seen identities' pairs (no peeking).
@@ -63,6 +66,10 @@ DATA_DEFAULTS = {
     "faces": {"p": 16, "k": 4, "mining": "semihard", "dim": 64, "lr": 3e-3},
     "questions": {"p": 16, "k": 3, "mining": "semihard", "dim": 256, "lr": 1e-2},
 }
+# Fine-tuning the pretrained MiniLM: a BERT-sized learning rate, fewer steps (each costs a
+# 6-layer transformer's forward and backward); its embeddings are 384-wide.
+MINILM_DEFAULTS = {"lr": 5e-5, "steps": 100, "dim": 384}
+TEXT_ENCODERS = ("ngram", "minilm")
 
 
 @dataclass
@@ -75,8 +82,9 @@ class SiameseConfig:
     val_fraction: float = 0.25  # digits: the trained digits' images kept for evaluation
     train_faces: int = 70  # faces: photos trained on (the rest are unseen identities)
     unseen_intents: tuple = ("time", "fix", "meaning")  # questions: intents never trained on
+    text_encoder: str = "ngram"  # questions: "ngram" (trained from scratch) or "minilm" (fine-tuned)
     views: int = 6  # faces: random views per photo in evaluation
-    steps: int = 400
+    steps: Optional[int] = None  # None: 400 (100 fine-tuning MiniLM)
     p: Optional[int] = None  # identities per batch (None: the dataset's, DATA_DEFAULTS)
     k: Optional[int] = None  # images per identity
     lr: Optional[float] = None
@@ -107,8 +115,9 @@ class SiameseResult:
     tau: float
     identification: dict  # top-1 accuracy: {"unseen", "seen", "baseline_unseen", "baseline_seen"}
     train_seconds: float
-    # per descriptor ("mac", "rmac"): {"auc", "eer", "identification_unseen"} on the unseen
-    # identities; empty when the pretrained weights are not installed or the option is off
+    # per descriptor ("mac", "rmac"; "minilm" for questions): {"auc", "eer",
+    # "identification_unseen"} on the unseen identities with no training; empty when the
+    # pretrained weights are not installed or the option is off
     pretrained: dict = field(default_factory=dict)
     roc_png: Optional[Path] = None
     model: Optional[SiameseNet] = field(default=None, repr=False)
@@ -138,6 +147,7 @@ class _Task:
     batch: Callable  # step -> (inputs, labels)
     encoder: Callable  # config -> the encoder module
     raw: Callable  # inputs -> the no-training baseline's vectors (pixels, n-gram counts)
+    pretrained: Callable  # config -> {name: inputs -> descriptors} of pretrained models, no training
     seen: tuple  # (images, labels): new images of trained identities
     unseen: tuple  # (images, labels): identities never trained on
     gallery: tuple  # (images, labels, unseen flags): one reference per identity
@@ -165,6 +175,7 @@ def _digits_task(config: SiameseConfig) -> _Task:
         batch,
         _image_encoder,
         _flat,
+        _pretrained_embedders,
         (images[val_idx], labels[val_idx]),
         (images[unseen_idx], labels[unseen_idx]),
         (images[refs], labels[refs], unseen[refs]),
@@ -192,13 +203,50 @@ def _faces_task(config: SiameseConfig) -> _Task:
     query_images = torch.cat((seen[0], unseen[0]))
     query_ids = torch.cat((seen[1], unseen[1]))
     gallery, queries = (photos, ids, is_unseen), (query_images, query_ids, is_unseen[query_ids])
-    return _Task(batch, _image_encoder, _flat, seen, unseen, gallery, queries)
+    return _Task(batch, _image_encoder, _flat, _pretrained_embedders, seen, unseen, gallery, queries)
+
+
+class _Rows(torch.nn.Module):
+    """An encoder of row numbers of a fixed table of tokenized texts (the question set), so one
+    input serves the trained encoder, the n-gram baseline and the pretrained MiniLM alike."""
+
+    def __init__(self, table: torch.Tensor, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("table", table, persistent=False)
+        self.encoder = encoder
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.table[rows.to(self.table.device)])
+
+
+def _text_encoder(config: SiameseConfig, texts: list) -> torch.nn.Module:
+    if config.text_encoder == "minilm":
+        from fastmtl.text import load_minilm
+
+        minilm = load_minilm()
+        return _Rows(minilm.tokenize(texts), minilm)
+    return _Rows(hashed_ngrams(texts), ngram_encoder(dim=config.dim))  # linear: see ngram_encoder
+
+
+def _minilm_embedders(texts: list) -> Callable:
+    """The pretrained MiniLM's embeddings of question rows (empty without its weights)."""
+
+    def embedders(config: SiameseConfig) -> dict:
+        from fastmtl.text import load_minilm
+
+        try:
+            minilm = load_minilm().to(config.device)
+        except ModuleNotFoundError:
+            return {}
+        return {"minilm": lambda rows: minilm.encode([texts[i] for i in rows.tolist()])}
+
+    return embedders
 
 
 def _questions_task(config: SiameseConfig) -> _Task:
     """Seen identities train on their first three paraphrases and are evaluated on the next two
     (templates 3 and 4); unseen intents are evaluated on every paraphrase; the gallery holds each
-    identity's first paraphrase."""
+    identity's first paraphrase. Inputs are row numbers of the question set."""
     texts, ids, intents, templates = question_set()
     tokens = hashed_ngrams(texts)
     names = list(INTENTS)
@@ -210,18 +258,19 @@ def _questions_task(config: SiameseConfig) -> _Task:
 
     def batch(_step):
         b = train[next(batches)]
-        return tokens[b], ids[b]
+        return b, ids[b]
 
     refs = torch.nonzero(templates == 0).flatten()
     queries = torch.cat((seen_eval, unseen_idx[templates[unseen_idx] > 0]))
     return _Task(
         batch,
-        lambda c: ngram_encoder(dim=c.dim),  # linear: see ngram_encoder
-        _ngram_counts,
-        (tokens[seen_eval], ids[seen_eval]),
-        (tokens[unseen_idx], ids[unseen_idx]),
-        (tokens[refs], ids[refs], unseen[refs]),
-        (tokens[queries], ids[queries], unseen[queries]),
+        lambda c: _text_encoder(c, texts),
+        lambda rows: _ngram_counts(tokens[rows]),
+        _minilm_embedders(texts),
+        (seen_eval, ids[seen_eval]),
+        (unseen_idx, ids[unseen_idx]),
+        (refs, ids[refs], unseen[refs]),
+        (queries, ids[queries], unseen[queries]),
     )
 
 
@@ -312,8 +361,7 @@ def _pretrained_embedders(config: SiameseConfig) -> dict:
 
 def _pretrained_figures(config: SiameseConfig, task: _Task) -> dict:
     out = {}
-    wanted = config.pretrained_baselines and config.data != "questions"  # image descriptors
-    for name, embed in (_pretrained_embedders(config) if wanted else {}).items():
+    for name, embed in (task.pretrained(config) if config.pretrained_baselines else {}).items():
         report = verification_report(*_pair_scores(embed(task.unseen[0]), task.unseen[1]))
         ident = _identify(embed, task)["unseen"]
         out[name] = {"auc": report.auc, "eer": report.eer, "identification_unseen": ident}
@@ -334,14 +382,25 @@ def _save_roc(curves: dict, title: str, out: Path) -> Path:
     return save_figure(fig, out / "roc.png")
 
 
+def resolved(config: SiameseConfig) -> SiameseConfig:
+    """The config checked, its unset fields filled with the dataset's (and encoder's) defaults."""
+    if config.data not in DATASETS:
+        raise ValueError(f"data must be one of {DATASETS}, got {config.data!r}")
+    if config.text_encoder not in TEXT_ENCODERS:
+        raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {config.text_encoder!r}")
+    if config.text_encoder != "ngram" and config.data != "questions":
+        raise ValueError(f"text_encoder applies to data='questions' only, got data={config.data!r}")
+    defaults = {"steps": 400, **DATA_DEFAULTS[config.data]}
+    if config.text_encoder == "minilm":
+        defaults.update(MINILM_DEFAULTS)
+    unset = {k: v for k, v in defaults.items() if getattr(config, k) is None}
+    return dataclasses.replace(config, **unset)
+
+
 def train_siamese(config: Optional[SiameseConfig] = None, *, save_plots: bool = True) -> SiameseResult:
     """Trains, evaluates verification and identification of seen and unseen identities (and the
     raw-pixel baseline), saves ``roc.png`` under ``config.out_dir``. Deterministic for a seed."""
-    config = config or SiameseConfig()
-    if config.data not in DATASETS:
-        raise ValueError(f"data must be one of {DATASETS}, got {config.data!r}")
-    unset = {k: v for k, v in DATA_DEFAULTS[config.data].items() if getattr(config, k) is None}
-    config = dataclasses.replace(config, **unset)
+    config = resolved(config or SiameseConfig())
     with _threads(config.num_threads):
         torch.manual_seed(config.seed)
         tasks = {"digits": _digits_task, "faces": _faces_task, "questions": _questions_task}

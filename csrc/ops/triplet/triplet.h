@@ -8,13 +8,12 @@
 
 namespace fastmtl {
 
-// The device's two kernels: Gram matrix -> distances in place (x: the rows in the accumulation
-// dtype, normalized for cosine; norms: their squared norms), and one pass per anchor row
-// (distances [B, B] -> weights [B, B], loss [B], stats [B, 4] float64).
+// The device's kernels: the Gram matrix d [B, B] -> distances in place (x: the rows in the
+// accumulation dtype, normalized for cosine; norms: the squared norms of the rows before that),
+// then one pass per anchor row (-> weights w [B, B], loss [B], stats [B, 4] float64).
 struct TripletKernels {
-  void (*distances)(const at::Tensor& x, const at::Tensor& norms, at::Tensor& gram, int metric);
-  void (*rows)(const at::Tensor& d, const at::Tensor& labels, double margin, int mining, int metric, at::Tensor& w,
-               at::Tensor& loss, at::Tensor& stats);
+  void (*rows)(const at::Tensor& x, const at::Tensor& norms, at::Tensor& d, const at::Tensor& labels, double margin,
+               int mining, int metric, at::Tensor& w, at::Tensor& loss, at::Tensor& stats);
 };
 
 // The forward of any device: checks, the Gram matrix (at::mm), the kernels. Returns per-anchor

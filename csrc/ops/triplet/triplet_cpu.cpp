@@ -11,6 +11,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 #include <vector>
 
@@ -42,23 +43,14 @@ void distance_row(int metric, const T* x, const T* norms, int64_t b, int64_t dim
   for (int64_t j = 0; j < b; ++j) g[j] = triplet::finish_distance(metric, g[j]);
 }
 
-void distances_cpu(const at::Tensor& x, const at::Tensor& norms, at::Tensor& gram, int metric) {
-  const int64_t b = x.size(0), dim = x.size(1);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "triplet_distances_cpu", [&] {
+// Each anchor row's distances, then its pass while the row is in the core's cache.
+void rows_cpu(const at::Tensor& x, const at::Tensor& norms, at::Tensor& d, const at::Tensor& labels, double margin,
+              int mining, int metric, at::Tensor& w, at::Tensor& loss, at::Tensor& stats) {
+  const int64_t b = d.size(0), dim = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "triplet_rows_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* np = norms.const_data_ptr<scalar_t>();
-    scalar_t* g = gram.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, b, std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(b, 1)), [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) distance_row(metric, xp, np, b, dim, i, g + i * b);
-    });
-  });
-}
-
-void rows_cpu(const at::Tensor& d, const at::Tensor& labels, double margin, int mining, int metric, at::Tensor& w,
-              at::Tensor& loss, at::Tensor& stats) {
-  const int64_t b = d.size(0);
-  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "triplet_rows_cpu", [&] {
-    const scalar_t* dp = d.const_data_ptr<scalar_t>();
+    scalar_t* dp = d.mutable_data_ptr<scalar_t>();
     const int64_t* lp = labels.const_data_ptr<int64_t>();
     scalar_t* wp = w.mutable_data_ptr<scalar_t>();
     scalar_t* out = loss.mutable_data_ptr<scalar_t>();
@@ -67,6 +59,7 @@ void rows_cpu(const at::Tensor& d, const at::Tensor& labels, double margin, int 
     at::parallel_for(0, b, std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(b * b / 8, 1)),
                      [&](int64_t lo, int64_t hi) {
                        for (int64_t a = lo; a < hi; ++a) {
+                         distance_row(metric, xp, np, b, dim, a, dp + a * b);
                          triplet::anchor_row(dp + a * b, lp, b, a, static_cast<scalar_t>(margin), mining, metric,
                                              wp + a * b)
                              .store(a, out, st);
@@ -87,39 +80,49 @@ struct Nonzeros {
   std::vector<T> vals, col_vals;
 };
 
-// Where each row's nonzeros of w start, [b + 1]: the last entry is their total.
+// The nonzeros of M by row, in one pass over w: fixed chunks of rows collect theirs, then they
+// are joined in row order. A chunk past 1 in kSparseShare of its entries stops the pass: the
+// dense matrix products are then the cheaper backward (false).
 template <typename T>
-std::vector<int64_t> row_starts(const T* w, int64_t b) {
-  std::vector<int64_t> start(b + 1, 0);
-  at::parallel_for(0, b, 64, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      int64_t count = 0;  // a local: the compiler vectorizes the count
-      for (int64_t j = 0; j < b; ++j) count += w[i * b + j] != T(0);
-      start[i + 1] = count;
-    }
-  });
-  for (int64_t i = 0; i < b; ++i) start[i + 1] += start[i];
-  return start;
-}
-
-template <typename T>
-Nonzeros<T> nonzeros(const T* w, const T* g, int64_t b, std::vector<int64_t> row_start) {
-  Nonzeros<T> nz;
-  nz.row_start = std::move(row_start);
-  const int64_t total = nz.row_start[b];
-  nz.cols.resize(total);
-  nz.vals.resize(total);
-  std::vector<int64_t> per_col(b + 1, 0);
-  at::parallel_for(0, b, 64, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      int64_t k = nz.row_start[i];
-      for (int64_t j = 0; j < b; ++j) {
-        if (w[i * b + j] == T(0)) continue;
-        nz.cols[k] = j;
-        nz.vals[k++] = g[i] * w[i * b + j];
+bool row_nonzeros(const T* w, const T* g, int64_t b, Nonzeros<T>& nz) {
+  const int64_t chunks = std::min<int64_t>(b, 64);
+  std::vector<std::vector<int64_t>> cols(chunks);
+  std::vector<std::vector<T>> vals(chunks);
+  nz.row_start.assign(b + 1, 0);
+  std::atomic<bool> dense{false};
+  at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi && !dense.load(std::memory_order_relaxed); ++c) {
+      const int64_t first = c * b / chunks, last = (c + 1) * b / chunks;
+      const size_t cap = static_cast<size_t>((last - first) * b / kSparseShare);
+      for (int64_t i = first; i < last; ++i) {
+        const size_t before = cols[c].size();
+        for (int64_t j = 0; j < b; ++j) {
+          if (w[i * b + j] == T(0)) continue;
+          cols[c].push_back(j);
+          vals[c].push_back(g[i] * w[i * b + j]);
+        }
+        nz.row_start[i + 1] = static_cast<int64_t>(cols[c].size() - before);
+        if (cols[c].size() > cap) {
+          dense = true;
+          return;
+        }
       }
     }
   });
+  if (dense) return false;
+  for (int64_t i = 0; i < b; ++i) nz.row_start[i + 1] += nz.row_start[i];
+  for (int64_t c = 0; c < chunks; ++c) {
+    nz.cols.insert(nz.cols.end(), cols[c].begin(), cols[c].end());
+    nz.vals.insert(nz.vals.end(), vals[c].begin(), vals[c].end());
+  }
+  return true;
+}
+
+// The column view of the nonzeros (entries by column, rows ascending), from the row view.
+template <typename T>
+void column_nonzeros(int64_t b, Nonzeros<T>& nz) {
+  const int64_t total = nz.row_start[b];
+  std::vector<int64_t> per_col(b + 1, 0);
   for (int64_t k = 0; k < total; ++k) ++per_col[nz.cols[k] + 1];
   for (int64_t j = 0; j < b; ++j) per_col[j + 1] += per_col[j];
   nz.col_start = per_col;
@@ -132,7 +135,6 @@ Nonzeros<T> nonzeros(const T* w, const T* g, int64_t b, std::vector<int64_t> row
       nz.col_vals[at] = nz.vals[k];
     }
   }
-  return nz;
 }
 
 // out[i] += sum over i's entries (j, v) of v (x_i - x_j), or of v u_j for cosine (the gradient
@@ -166,11 +168,11 @@ at::Tensor triplet_margin_loss_backward_cpu(const at::Tensor& grad_loss, const a
   const at::Tensor g = grad_loss.to(w.scalar_type()).contiguous();
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "triplet_backward_cpu", [&] {
-    std::vector<int64_t> start = row_starts(w.const_data_ptr<scalar_t>(), b);
-    if (start[b] * kSparseShare > b * b) return;  // dense: the matrix products below
+    Nonzeros<scalar_t> nz;
+    if (!row_nonzeros(w.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), b, nz)) return;  // dense
+    column_nonzeros(b, nz);
     const at::Tensor rows = metric_rows(x, metric).contiguous();
     out = at::zeros({b, dim}, w.options());
-    const Nonzeros<scalar_t> nz = nonzeros(w.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), b, std::move(start));
     const scalar_t* xp = rows.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const bool cosine = metric == triplet::kCosine;
@@ -186,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_cpu(const at:
                                                                        const at::Tensor& labels, double margin,
                                                                        c10::string_view mining,
                                                                        c10::string_view distance, bool compute_grad) {
-  static const TripletKernels kernels{&distances_cpu, &rows_cpu};
+  static const TripletKernels kernels{&rows_cpu};
   return triplet_forward(embeddings, labels, margin, mining, distance, compute_grad, kernels);
 }
 

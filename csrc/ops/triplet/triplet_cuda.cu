@@ -56,15 +56,12 @@ void launch_rows(const at::Tensor& d, const at::Tensor& labels, double margin, i
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void distances_cuda(const at::Tensor& x, const at::Tensor& norms, at::Tensor& gram, int metric) {
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "triplet_distances_cuda",
-                             [&] { launch_distances<scalar_t>(x, norms, gram, metric); });
-}
-
-void rows_cuda(const at::Tensor& d, const at::Tensor& labels, double margin, int mining, int metric, at::Tensor& w,
-               at::Tensor& loss, at::Tensor& stats) {
-  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "triplet_rows_cuda",
-                             [&] { launch_rows<scalar_t>(d, labels, margin, mining, metric, w, loss, stats); });
+void rows_cuda(const at::Tensor& x, const at::Tensor& norms, at::Tensor& d, const at::Tensor& labels, double margin,
+               int mining, int metric, at::Tensor& w, at::Tensor& loss, at::Tensor& stats) {
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "triplet_rows_cuda", [&] {
+    launch_distances<scalar_t>(x, norms, d, metric);
+    launch_rows<scalar_t>(d, labels, margin, mining, metric, w, loss, stats);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_cuda(const at::Tensor& embeddings,
@@ -72,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_cuda(const at
                                                                         c10::string_view mining,
                                                                         c10::string_view distance, bool compute_grad) {
   const c10::cuda::CUDAGuard guard(embeddings.device());
-  static const TripletKernels kernels{&distances_cuda, &rows_cuda};
+  static const TripletKernels kernels{&rows_cuda};
   return triplet_forward(embeddings, labels, margin, mining, distance, compute_grad, kernels);
 }
 
