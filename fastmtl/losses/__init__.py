@@ -2,6 +2,7 @@
 
 from fastmtl.losses.box_iou_loss import CIoULoss, DIoULoss, GIoULoss, IoULoss
 from fastmtl.losses.localization import landmark_loss, localization_loss, multilabel_localization_loss
+from fastmtl.losses.segmentation import SegmentationLoss, dice_loss
 from fastmtl.losses.style import ContentLoss, StyleLoss
 from fastmtl.losses.yolo import YOLOAnchorLoss, YOLOv1Loss, yolo_anchor_loss
 
@@ -11,9 +12,11 @@ __all__ = [
     "DIoULoss",
     "GIoULoss",
     "IoULoss",
+    "SegmentationLoss",
     "StyleLoss",
     "YOLOAnchorLoss",
     "YOLOv1Loss",
+    "dice_loss",
     "landmark_loss",
     "localization_loss",
     "multilabel_localization_loss",
