@@ -9,8 +9,10 @@ from fastmtl.data.composite import (
     make_composite_image,
 )
 from fastmtl.data.cutouts import SOURCES, SourceUnavailableError, load_cutouts
+from fastmtl.data.nyud import NYUDFolder
 from fastmtl.data.pk_sampler import PKSampler
 from fastmtl.data.preview import save_preview
+from fastmtl.data.scenes import SceneDataset
 from fastmtl.data.shapes import (
     SHAPE_NAMES,
     ShapesConfig,
@@ -25,7 +27,9 @@ __all__ = [
     "SOURCES",
     "CompositeConfig",
     "CompositeDataset",
+    "NYUDFolder",
     "PKSampler",
+    "SceneDataset",
     "ShapesConfig",
     "ShapesDataset",
     "SourceUnavailableError",
