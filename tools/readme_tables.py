@@ -205,7 +205,7 @@ BLOCKS = {
         providers=("fastmtl", "uncached", "eager", "compile", "yolov5"),
     ),
     "bench-cpu-triplet": Table(
-        results="benchmarks/results/bench-cpu-20261126T072631Z.json",
+        results="benchmarks/results/bench-cpu-20261126T083730Z.json",
         ops=("triplet_margin_loss",),
         columns=("mining", "B", "D"),
         label=triplet_row,
