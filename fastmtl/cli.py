@@ -24,6 +24,12 @@ digits or face photos and prints one-shot verification (ROC AUC, EER, TAR at FAR
 identification figures of identities seen and never seen in training, next to raw pixels; it
 writes ``roc.png`` and ``results.json`` under ``--out``.
 
+``fastmtl demo segmentation [--steps N] [--encoder small|mobilenet_v2] [--upsample
+transpose|bilinear|unpool] [--freeze] [--amp] [--channels-last] [--out DIR] [--results-json PATH]``
+trains a U-Net on the multi-task scenes' class masks and prints the validation mIoU, pixel
+accuracy and per-class IoU next to a constant prediction; it writes ``segmentation.png`` (image,
+ground truth, prediction) and ``results.json`` under ``--out``.
+
 ``fastmtl demo style-transfer [--content chelsea] [--style immunohistochemistry] [--size 128]
 [--steps N] [--optimizer lbfgs|adam] [--weights VGG.pth] [--out DIR]`` paints the content photo
 in the style of the style image (scikit-image sample names or image paths) and saves the
@@ -110,7 +116,31 @@ def _add_demo(sub) -> None:
     )
     _add_yolo_demo(pipelines)
     _add_siamese_demo(pipelines)
+    _add_segmentation_demo(pipelines)
     _add_style_demo(pipelines)
+
+
+def _add_segmentation_demo(pipelines) -> None:
+    seg = pipelines.add_parser(
+        "segmentation",
+        help="a U-Net on the multi-task scenes' class masks: mIoU against a constant prediction",
+    )
+    seg.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
+    seg.add_argument("--encoder", choices=("small", "mobilenet_v2"), default="small")
+    seg.add_argument("--upsample", choices=("transpose", "bilinear", "unpool"), default="transpose")
+    seg.add_argument("--freeze", action="store_true", help="freeze the pretrained encoder")
+    seg.add_argument(
+        "--amp", action="store_true", help="bf16 autocast on the CPU, fp16 and GradScaler on CUDA"
+    )
+    seg.add_argument("--channels-last", action="store_true", help="channels_last model and images")
+    seg.add_argument("--out", default="fastmtl-demo-segmentation", help="directory for segmentation.png")
+    seg.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    seg.add_argument("--seed", type=int, default=0)
+    seg.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+    seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seg.add_argument(
+        "--results-json", default=None, metavar="PATH", help="the JSON's path (default: OUT/results.json)"
+    )
 
 
 def _add_siamese_demo(pipelines) -> None:
@@ -424,6 +454,46 @@ def _demo_yolo(args, argv: Optional[list] = None) -> int:
     return 0
 
 
+def _demo_segmentation(args, argv: Optional[list] = None) -> int:
+    import shlex
+    import time
+    from pathlib import Path
+
+    from fastmtl.pipelines.segmentation import SegmentationConfig, train_segmentation
+
+    overrides = _demo_overrides(args)
+    if overrides is None:
+        return 2
+    choices = {"encoder": args.encoder, "upsample": args.upsample, "freeze_encoder": args.freeze}
+    config = SegmentationConfig(**choices, amp=args.amp, channels_last=args.channels_last, **overrides)
+    start = time.perf_counter()
+    try:
+        result = train_segmentation(config)
+    except (ModuleNotFoundError, ValueError) as e:  # the pretrained encoder's weights; bad choices
+        print(f"fastmtl demo segmentation: {e}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    m, c = result.metrics, result.constant
+    print(f"segmentation: {result.history[-1]['loss']:.4f} final loss, {result.train_seconds:.1f} s training")
+    print(f"  validation mIoU {m['miou']:.3f} (constant prediction {c['miou']:.3f}), ", end="")
+    print(f"pixel accuracy {m['pixel_accuracy']:.3f} (constant {c['pixel_accuracy']:.3f})")
+    for name, iou in zip(result.class_names, m["iou"]):
+        print(f"    {name:>12}: IoU {'-' if iou is None else f'{iou:.3f}'}")
+    json_path = args.results_json or str(Path(args.out) / "results.json")
+    command = shlex.join(["fastmtl", *(argv if argv is not None else sys.argv[1:])])
+    figures = {
+        "metrics": m,
+        "constant": c,
+        "class_names": list(result.class_names),
+        "train_seconds": round(result.train_seconds, 1),
+        "final_loss": result.history[-1],
+    }
+    defaults = SegmentationConfig()
+    write_demo_results(json_path, "segmentation", result.config, defaults, figures, seconds, command)
+    print(f"wrote {result.png} and {json_path}")
+    return 0
+
+
 _PRETRAINED_NAMES = {
     "mac": "MAC of ImageNet MobileNetV2",
     "rmac": "R-MAC of ImageNet MobileNetV2",
@@ -539,6 +609,8 @@ def main(argv: Optional[list] = None) -> int:
         return _demo_yolo(args, argv)
     if args.command == "demo" and args.pipeline == "siamese":
         return _demo_siamese(args, argv)
+    if args.command == "demo" and args.pipeline == "segmentation":
+        return _demo_segmentation(args, argv)
     if args.command == "demo" and args.pipeline == "style-transfer":
         return _demo_style_transfer(args)
     return 2

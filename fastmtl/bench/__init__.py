@@ -22,6 +22,7 @@ REGISTRY = {
     "yolo": "fastmtl.bench.cases_yolo",
     "coco_evaluate": "fastmtl.bench.cases_coco",
     "triplet": "fastmtl.bench.cases_triplet",
+    "segmentation": "fastmtl.bench.cases_segmentation",
 }
 
 

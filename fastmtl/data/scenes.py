@@ -13,6 +13,9 @@ from the same images, as the slides' NYUD-v2 experiment has (seeds/001, seeds/00
 - ``present`` ``[C]`` float32: which foreground classes show in the image (multi-label
   classification of the image).
 
+``coarse=True`` makes each object source one class (digit, coin, horse: 3 classes and background
+instead of 12 and background) in ``labels``, ``mask`` and ``present``.
+
 The depths come from a generator of their own, seeded from the image's, so the images are those
 of :class:`~fastmtl.data.composite.CompositeDataset` with the same seed. The pixels are real; the
 layout, the depths and the geometry are synthetic: a depth network can learn "objects are nearer
@@ -26,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fastmtl.data.composite import CompositeConfig, CompositeDataset, class_mask
+from fastmtl.data.cutouts import load_cutouts
 
 __all__ = ["SceneDataset", "scene_depth"]
 
@@ -66,12 +70,20 @@ class SceneDataset(Dataset):
         start: int = 0,
         config: CompositeConfig | None = None,
         cache: bool = False,
+        coarse: bool = False,
     ) -> None:
         config = config or CompositeConfig()
         if not config.instances:
             raise ValueError("SceneDataset needs config.instances=True (the masks and depths come from it)")
         self.scenes = CompositeDataset(num_images, seed=seed, start=start, config=config)
         self.class_names, self.num_classes = self.scenes.class_names, self.scenes.num_classes
+        self._group = None  # fine label -> coarse label, when coarse
+        if coarse:
+            counts = [len(load_cutouts(src, config.split).names) for src in config.sources]
+            self._group = torch.cat(
+                [torch.zeros(1, dtype=torch.int64)] + [torch.full((n,), i + 1) for i, n in enumerate(counts)]
+            )
+            self.class_names, self.num_classes = ("background", *config.sources), len(config.sources)
         self._cache = [self._draw(i) for i in range(num_images)] if cache else None
 
     def _draw(self, index: int) -> tuple:
@@ -79,6 +91,8 @@ class SceneDataset(Dataset):
         s = self.scenes
         gen = torch.Generator().manual_seed((s.seed * 1_000_003 + s.start + index) % 2**63 ^ 0x5EED)
         depth, objects = scene_depth(target["instances"], gen)
+        if self._group is not None:
+            target = {**target, "labels": self._group[target["labels"]]}
         present = torch.zeros(self.num_classes)
         present[target["labels"] - 1] = 1.0
         return image, {
