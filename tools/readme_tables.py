@@ -154,6 +154,14 @@ class SiameseDemo:
     optional: bool = field(default=True)
 
 
+@dataclass(frozen=True)
+class SegmentationDemo:
+    """Inline sentence with the figures of a ``fastmtl demo segmentation --results-json`` file."""
+
+    results: str
+    optional: bool = field(default=True)
+
+
 BLOCKS = {
     "bench-cpu-iou": Table(
         results="benchmarks/results/bench-cpu-20261123T105554Z.json",
@@ -225,6 +233,7 @@ BLOCKS = {
     "demo-siamese-faces": SiameseDemo(results="docs/results/demo-siamese-faces.json"),
     "demo-siamese-questions": SiameseDemo(results="docs/results/demo-siamese-questions.json"),
     "demo-siamese-questions-minilm": SiameseDemo(results="docs/results/demo-siamese-questions-minilm.json"),
+    "demo-segmentation": SegmentationDemo(results="docs/results/demo-segmentation.json"),
 }
 
 BASELINE = "fastmtl"
@@ -389,6 +398,23 @@ def render_siamese_demo(name: str, block: SiameseDemo, root: Path) -> str:
     )
 
 
+def render_segmentation_demo(name: str, block: SegmentationDemo, root: Path) -> str:
+    """Validation mIoU, pixel accuracy and per-class IoU against a constant prediction."""
+    doc = json.loads((root / block.results).read_text())
+    c, m, met, const = doc["config"], doc["machine"], doc["metrics"], doc["constant"]
+    run = "Default run" if doc.get("defaults") else f"Run of `{doc['command']}`"
+    per_class = ", ".join(
+        f"{n} {'-' if v is None else f'{v:.3f}'}" for n, v in zip(doc["class_names"], met["iou"])
+    )
+    return (
+        f"{run} ({c['steps']} steps, {c['image_size']} px, batch {c['batch_size']}): "
+        f"{_duration(doc['seconds'])} on {m['device_name']}; on {c['val_images']} validation scenes mIoU "
+        f"{met['miou']:.3f} (a constant prediction: {const['miou']:.3f}), pixel accuracy "
+        f"{met['pixel_accuracy']:.3f} ({const['pixel_accuracy']:.3f}); IoU per class: {per_class} "
+        f"(`{block.results}`, {doc['created_utc'][:10]}, torch {m['torch']}, rev {m['git_rev']})."
+    )
+
+
 def _pretrained_sentence(doc: dict) -> str:
     """The no-training figures of the run (MAC / R-MAC of MobileNetV2, or the pretrained MiniLM),
     when it had the pretrained baselines."""
@@ -416,6 +442,7 @@ RENDER = {
     SpeedupRange: render_speedup_range,
     DetectionDemo: render_detection_demo,
     SiameseDemo: render_siamese_demo,
+    SegmentationDemo: render_segmentation_demo,
 }
 
 
