@@ -102,6 +102,12 @@ def triplet_row(r: dict) -> tuple:
     return re.fullmatch(r"(\w+)-B(\d+)-D(\d+)", r["size"]).groups()
 
 
+def segmentation_row(r: dict) -> tuple:
+    """op, input: ``96px-x8`` -> ``96 px × 8``."""
+    side, batch = re.fullmatch(r"(\d+)px-x(\d+)", r["size"]).groups()
+    return r["op"], f"{side} px × {batch}"
+
+
 def coco_row(r: dict) -> tuple:
     """images, detections per image, classes: ``5000img-100det-80cls`` -> ``5000``, ``100``, ``80``."""
     return re.fullmatch(r"(\d+)img-(\d+)det-(\d+)cls", r["size"]).groups()
@@ -115,6 +121,8 @@ class Table:
     ``label(row) -> cells`` makes the first ``columns``; then one column per provider:
     fastmtl's median ms, the others' as ``ms (N×)`` with N fastmtl's speedup, empty where the
     provider has no row. ``memory``: each cell also gives the call's peak memory, ``ms, MB``.
+    ``baseline``: a table of variants of one fastmtl op (no "fastmtl" provider) names its first
+    column's provider; N is then each variant's speedup over it.
     """
 
     results: str
@@ -124,6 +132,7 @@ class Table:
     providers: tuple
     by_op: bool = False
     memory: bool = False
+    baseline: str = "fastmtl"
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,21 @@ BLOCKS = {
     ),
     "demo-detection": DetectionDemo(results="docs/results/demo-detection.json"),
     "demo-yolo": DetectionDemo(results="docs/results/demo-yolo.json"),
+    "bench-cpu-unet": Table(
+        results="benchmarks/results/bench-cpu-20261126T085653Z.json",
+        ops=("unet_train_step",),
+        columns=("op", "input"),
+        label=segmentation_row,
+        providers=("float32", "amp", "channels_last", "amp+channels_last"),
+        baseline="float32",
+    ),
+    "bench-cpu-confusion": Table(
+        results="benchmarks/results/bench-cpu-20261126T085653Z.json",
+        ops=("confusion_update",),
+        columns=("op", "input"),
+        label=segmentation_row,
+        providers=("fastmtl", "torchmetrics"),
+    ),
     "demo-siamese-digits": SiameseDemo(results="docs/results/demo-siamese-digits.json"),
     "demo-siamese-faces": SiameseDemo(results="docs/results/demo-siamese-faces.json"),
     "demo-siamese-questions": SiameseDemo(results="docs/results/demo-siamese-questions.json"),
@@ -314,16 +338,20 @@ def render_table(name: str, block: Table, root: Path) -> str:
     head = [*block.columns, *(f"{p} ms" for p in block.providers)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     used = []
+    variants = block.baseline != BASELINE
     for first, by_provider in cases:
-        base = by_provider.get(BASELINE)
+        base = by_provider.get(block.baseline)
         if base is None:
             raise ValueError(
-                f"{name}: {first['op']} {first['size']} has no {BASELINE} row in {block.results}"
+                f"{name}: {first['op']} {first['size']} has no {block.baseline} row in {block.results}"
             )
         cells = list(block.label(first)) + [_ms(base["median_ms"]) + _mb(base, block.memory)]
         for p in block.providers[1:]:
             r = by_provider.get(p)
-            cell = "" if r is None else f"{_ms(r['median_ms'])} ({_ratio(_speedup(r, base))})"
+            ratio = (
+                None if r is None else (base["median_ms"] / r["median_ms"] if variants else _speedup(r, base))
+            )
+            cell = "" if r is None else f"{_ms(r['median_ms'])} ({_ratio(ratio)})"
             cells.append(cell + (_mb(r, block.memory) if r is not None else ""))
         lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
         used += by_provider.values()

@@ -57,7 +57,7 @@ class SegmentationConfig:
     channels_last: bool = False
     seed: int = 0
     device: str = "cpu"
-    num_threads: int | None = None
+    num_threads: int | None = 0  # 0 or None: torch's default
     progress: bool = True
     out_dir: str = "fastmtl-demo-segmentation"
 
