@@ -129,22 +129,43 @@ FASTMTL_HD Hardest<T> hardest(const T* d, const L* labels, int64_t b, int64_t a)
   return {p, n, dp, dn};
 }
 
-// Anchor a's row: d[b] its distances, labels[b]; writes w[b] = d loss_a / d d(a, j) folded with
-// the metric (euclidean: / d, 0 where d = 0; squared: x 2; cosine: x -1, a derivative in the
-// similarity), returns the sums. Ties: the first index. The band of semi-hard negatives is
-// 0 < d(a, n) - d(a, p) <= margin.
+// Batch-hard's compact output for one anchor: its positive and negative (-1 for none) and their
+// folded weights (0 unless the triplet is active).
+template <typename T>
+struct HardPair {
+  int64_t p = -1, n = -1;
+  T wp = T(0), wn = T(0);
+};
+
+// Anchor a's batch-hard triplet from its distance row: the sums, and the pair in `out`.
+template <typename T, typename L>
+FASTMTL_HD RowSums<T> hard_row(const T* d, const L* labels, int64_t b, int64_t a, T margin, int metric,
+                               HardPair<T>& out) {
+  RowSums<T> s;
+  const Hardest<T> h = hardest(d, labels, b, a);
+  out = HardPair<T>{h.p, h.n, T(0), T(0)};
+  if (h.p >= 0 && h.n >= 0 && s.add(h.dp, h.dn, margin)) {
+    out.wp = fold(metric, T(1), h.dp);
+    out.wn = fold(metric, T(-1), h.dn);
+  }
+  return s;
+}
+
+// Anchor a's row for the mining modes other than batch-hard (hard_row): d[b] its distances,
+// labels[b]; writes w[b] = d loss_a / d d(a, j) folded with the metric (euclidean: / d, 0 where
+// d = 0; squared: x 2; cosine: x -1, a derivative in the similarity), returns the sums. Ties: the
+// first index. The band of semi-hard negatives is 0 < d(a, n) - d(a, p) <= margin.
 template <typename T, typename L>
 FASTMTL_HD RowSums<T> anchor_row(const T* d, const L* labels, int64_t b, int64_t a, T margin, int mining,
                                   int metric, T* w) {
   RowSums<T> s;
   const L la = labels[a];
   for (int64_t j = 0; j < b; ++j) w[j] = T(0);
-  if (mining == kHard) {
-    const Hardest<T> h = hardest(d, labels, b, a);
-    if (h.p >= 0 && h.n >= 0 && s.add(d[h.p], d[h.n], margin)) {
-      w[h.p] = fold(metric, T(1), d[h.p]);  // the only nonzeros of the row
-      w[h.n] = fold(metric, T(-1), d[h.n]);
-    }
+  if (mining == kHard) {  // callers take hard_row; kept total for any caller
+    HardPair<T> pair;
+    s = hard_row(d, labels, b, a, margin, metric, pair);
+    if (pair.wp != T(0)) w[pair.p] = pair.wp;
+    if (pair.wn != T(0)) w[pair.n] = pair.wn;
     return s;
   } else {
     for (int64_t p = 0; p < b; ++p) {

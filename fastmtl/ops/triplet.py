@@ -75,7 +75,7 @@ def triplet_margin_loss(
             )
             return _reduce(loss, active.sum(), mined.sum(), pos_sum.sum(), neg_sum.sum(), reduction)
     compute_grad = embeddings.requires_grad and torch.is_grad_enabled()
-    loss, stats, _ = torch.ops.fastmtl.triplet_margin_loss(
+    loss, stats, _, _ = torch.ops.fastmtl.triplet_margin_loss(
         embeddings, labels, float(margin), mining, distance, compute_grad
     )
     sums = stats.sum(0)  # active, mined, sum of d(a, p), of d(a, n)
@@ -217,25 +217,28 @@ def _register() -> None:
         b, dt = embeddings.shape[0], compute_dtype(embeddings.dtype)
         loss = embeddings.new_empty((b,), dtype=dt)
         stats = embeddings.new_empty((b, 4), dtype=torch.float64)
-        weights = embeddings.new_empty((b, b) if compute_grad else (0,), dtype=dt)
-        return loss, stats, weights
+        hard = mining == "hard"  # compact: each anchor's positive and negative
+        shape = ((b, 2) if hard else (b, b)) if compute_grad else (0,)
+        weights = embeddings.new_empty(shape, dtype=dt)
+        pairs = embeddings.new_empty(shape if hard else (0,), dtype=torch.int64)
+        return loss, stats, weights, pairs
 
     @torch.library.register_fake(lib + "_triplet_margin_loss_backward")
-    def _(grad_loss, weights, embeddings, distance):
+    def _(grad_loss, weights, pairs, embeddings, distance):
         return embeddings.new_empty(embeddings.shape)
 
     def setup_context(ctx, inputs, output):
         embeddings, labels, margin, mining, distance, compute_grad = inputs
-        _, stats, weights = output
-        ctx.mark_non_differentiable(stats, weights)
+        _, stats, weights, pairs = output
+        ctx.mark_non_differentiable(stats, weights, pairs)
         ctx.set_materialize_grads(False)  # no B x B zeros for the weights' gradient
         ctx.options, ctx.compute_grad = (margin, mining, distance), compute_grad
-        ctx.save_for_backward(embeddings, weights, labels)
+        ctx.save_for_backward(embeddings, weights, pairs, labels)
 
-    def backward(ctx, grad_loss, _grad_stats, _grad_weights):
+    def backward(ctx, grad_loss, _grad_stats, _grad_weights, _grad_pairs):
         if grad_loss is None or not ctx.needs_input_grad[0]:
             return (None,) * 6
-        embeddings, weights, labels = ctx.saved_tensors
+        embeddings, weights, pairs, labels = ctx.saved_tensors
         margin, mining, distance = ctx.options
         if torch.is_grad_enabled():  # double backward: the reference's vector-Jacobian product
             x = embeddings.to(compute_dtype(embeddings.dtype))
@@ -246,7 +249,7 @@ def _register() -> None:
         if not ctx.compute_grad:
             raise RuntimeError("triplet_margin_loss was called with compute_grad=False: it saved no gradient")
         grad = torch.ops.fastmtl._triplet_margin_loss_backward(
-            grad_loss.contiguous(), weights, embeddings, distance
+            grad_loss.contiguous(), weights, pairs, embeddings, distance
         )
         return (grad,) + (None,) * 5
 

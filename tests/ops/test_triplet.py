@@ -320,3 +320,58 @@ def test_classic_form_bad_input(change, match, gen):
     change(args)
     with pytest.raises((ValueError, RuntimeError), match=match):
         F.triplet_loss(**args)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
+def test_batch_hard_keeps_compact_weights(distance, gen):
+    # batch-hard returns each anchor's positive and negative with their weights: no B x B tensor
+    x, labels = batch(gen, b=30, dtype=torch.float64)
+    loss, _, w, pairs = torch.ops.fastmtl.triplet_margin_loss(x, labels, 0.5, "hard", distance, True)
+    assert w.shape == pairs.shape == (30, 2) and pairs.dtype == torch.int64
+    has = pairs >= 0
+    anchors = torch.arange(30)
+    assert bool((labels[pairs[:, 0][has[:, 0]]] == labels[has[:, 0]]).all())  # positives share the label
+    assert bool((pairs[:, 0][has[:, 0]] != anchors[has[:, 0]]).all())
+    assert bool((labels[pairs[:, 1][has[:, 1]]] != labels[has[:, 1]]).all())  # negatives do not
+    assert pairs[0, 0] == -1 and bool((w[0] == 0).all())  # the singleton identity: no positive, no loss
+    dense = torch.zeros(30, 30, dtype=w.dtype)
+    for a in range(30):
+        for k in range(2):
+            if pairs[a, k] >= 0:
+                dense[a, pairs[a, k]] += w[a, k]
+    g = torch.rand(30, generator=gen, dtype=torch.float64)
+    empty = torch.empty(0, dtype=torch.int64)
+    compact = torch.ops.fastmtl._triplet_margin_loss_backward(g, w, pairs, x, distance)
+    torch.testing.assert_close(
+        compact, torch.ops.fastmtl._triplet_margin_loss_backward(g, dense, empty, x, distance)
+    )
+    with pytest.raises(RuntimeError, match="pairs must be int64"):
+        torch.ops.fastmtl._triplet_margin_loss_backward(g, w, pairs.int(), x, distance)
+    with pytest.raises(RuntimeError, match="weights must have the shape of pairs"):
+        torch.ops.fastmtl._triplet_margin_loss_backward(g, dense, pairs, x, distance)
+    _, _, none_w, none_pairs = torch.ops.fastmtl.triplet_margin_loss(x, labels, 0.5, "hard", distance, False)
+    assert none_w.numel() == 0 and none_pairs.numel() == 0
+    assert torch.isfinite(loss).all()
+
+
+def test_batch_hard_many_blocks_equals_plain_autograd(gen):
+    # B = 600: the CPU takes the distances in several blocks of rows, on worker threads
+    x, labels = (
+        torch.randn(600, 8, generator=gen, dtype=torch.float64),
+        torch.randint(0, 40, (600,), generator=gen),
+    )
+    out = F.triplet_margin_loss(x.clone().requires_grad_(), labels, 0.3, "hard", "euclidean")
+    d = torch.cdist(x, x)
+    same = labels[:, None] == labels[None, :]
+    pos = torch.where(same & ~torch.eye(600, dtype=torch.bool), d, -1.0).argmax(1)
+    neg = torch.where(~same, d, float("inf")).argmin(1)
+    ref_x = x.clone().requires_grad_()
+    per = torch.relu((ref_x - ref_x[pos]).norm(dim=1) - (ref_x - ref_x[neg]).norm(dim=1) + 0.3)
+    ref = per.sum() / (per > 0).sum()
+    (want,) = torch.autograd.grad(ref, ref_x)
+    got_x = x.clone().requires_grad_()
+    (got,) = torch.autograd.grad(
+        F.triplet_margin_loss(got_x, labels, 0.3, "hard", "euclidean")["loss"], got_x
+    )
+    torch.testing.assert_close(out["loss"].detach(), ref.detach())
+    torch.testing.assert_close(got, want)

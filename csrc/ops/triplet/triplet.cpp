@@ -66,14 +66,28 @@ at::Tensor metric_rows(const at::Tensor& x, int metric) {
   return x / x.norm(2, 1, true).clamp_min(kNormEps);
 }
 
-triplet::Metric check_backward_args(const at::Tensor& grad_loss, const at::Tensor& weights,
+triplet::Metric check_backward_args(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& pairs,
                                     const at::Tensor& embeddings, c10::string_view distance) {
   const int64_t b = embeddings.dim() == 2 ? embeddings.size(0) : -1;
-  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == b && weights.size(1) == b, "weights must have shape [", b,
-              ", ", b, "], got ", weights.sizes());
+  if (pairs.numel() > 0 || pairs.dim() == 2) {
+    TORCH_CHECK(pairs.dim() == 2 && pairs.size(0) == b && pairs.size(1) == 2 && pairs.scalar_type() == at::kLong,
+                "pairs must be int64 of shape [", b, ", 2], got ", pairs.scalar_type(), " ", pairs.sizes());
+    TORCH_CHECK(weights.sizes() == pairs.sizes(), "weights must have the shape of pairs ", pairs.sizes(), ", got ",
+                weights.sizes());
+  } else {
+    TORCH_CHECK(weights.dim() == 2 && weights.size(0) == b && weights.size(1) == b, "weights must have shape [", b,
+                ", ", b, "], got ", weights.sizes());
+  }
   TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == b, "grad_loss must have shape [", b, "], got ",
               grad_loss.sizes());
   return parse_distance(distance);
+}
+
+at::Tensor dense_weights(const at::Tensor& weights, const at::Tensor& pairs) {
+  const int64_t b = pairs.size(0);
+  const at::Tensor valid = pairs >= 0;  // a pair of -1 has weight 0
+  return at::zeros({b, b}, weights.options())
+      .scatter_add_(1, pairs.clamp_min(0), at::where(valid, weights, at::zeros_like(weights)));
 }
 
 at::Tensor cosine_input_grad(const at::Tensor& gu, const at::Tensor& x) {
@@ -84,10 +98,9 @@ at::Tensor cosine_input_grad(const at::Tensor& gu, const at::Tensor& x) {
   return at::where(n > kNormEps, projected, gu / kNormEps);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor& embeddings, const at::Tensor& labels,
-                                                               double margin, c10::string_view mining,
-                                                               c10::string_view distance, bool compute_grad,
-                                                               const TripletKernels& kernels) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_forward(
+    const at::Tensor& embeddings, const at::Tensor& labels, double margin, c10::string_view mining,
+    c10::string_view distance, bool compute_grad, const TripletKernels& kernels) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
   check_args(embeddings, labels, margin);
   const triplet::Mining mode = parse_mining(mining);
@@ -98,18 +111,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_forward(const at::Tensor&
   const at::Tensor norms = (raw * raw).sum(1);  // cosine: unused by the kernels
   check_values(embeddings, norms);
   const at::Tensor x = metric_rows(raw, metric).contiguous();
+  const at::Tensor long_labels = labels.to(at::kLong).contiguous();
+  at::Tensor loss = at::empty({b}, x.options());
+  at::Tensor stats = at::empty({b, triplet::kStats}, x.options().dtype(at::kDouble));
+  if (mode == triplet::kHard) {  // no B x B output: O(B D) on the CPU
+    at::Tensor w = at::empty(compute_grad ? at::IntArrayRef{b, 2} : at::IntArrayRef{0}, x.options());
+    at::Tensor pairs = at::empty(compute_grad ? at::IntArrayRef{b, 2} : at::IntArrayRef{0}, x.options().dtype(at::kLong));
+    if (b > 0) kernels.hard_rows(x, norms, long_labels, margin, metric, compute_grad, w, pairs, loss, stats);
+    if (metric == triplet::kCosine) stats.narrow(1, triplet::kPosSum, 2).neg_();  // similarities
+    return {loss, stats, w, pairs};
+  }
   // The B x B buffers come from the CPU cache: a fresh 4 MB buffer's page faults cost as much as
   // the Gram product itself at B = 1024.
   at::Tensor d = cached_cpu_empty({b, b}, x.options());
   at::mm_out(d, x, x.t());  // the Gram matrix, then the distances in place
   at::Tensor w = cached_cpu_empty({b, b}, x.options());
-  at::Tensor loss = at::empty({b}, x.options());
-  at::Tensor stats = at::empty({b, triplet::kStats}, x.options().dtype(at::kDouble));
   if (b > 0) {
-    kernels.rows(x, norms, d, labels.to(at::kLong).contiguous(), margin, mode, metric, w, loss, stats);
+    kernels.rows(x, norms, d, long_labels, margin, mode, metric, w, loss, stats);
     if (metric == triplet::kCosine) stats.narrow(1, triplet::kPosSum, 2).neg_();  // similarities
   }
-  return {loss, stats, compute_grad ? w : at::empty({0}, x.options())};
+  const at::Tensor none = at::empty({0}, x.options().dtype(at::kLong));
+  return {loss, stats, compute_grad ? w : at::empty({0}, x.options()), none};
 }
 
 ExplicitArgs check_explicit_args(const at::Tensor& a, const at::Tensor& p, const at::Tensor& n, double margin,
@@ -136,13 +158,14 @@ ExplicitArgs check_explicit_args(const at::Tensor& a, const at::Tensor& p, const
   return out;
 }
 
-at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& embeddings,
-                            c10::string_view distance) {
+at::Tensor triplet_backward(const at::Tensor& grad_loss, const at::Tensor& weights, const at::Tensor& pairs,
+                            const at::Tensor& embeddings, c10::string_view distance) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
-  const triplet::Metric metric = check_backward_args(grad_loss, weights, embeddings, distance);
+  const triplet::Metric metric = check_backward_args(grad_loss, weights, pairs, embeddings, distance);
   const auto acc = accumulate_type(embeddings.scalar_type());
   const at::Tensor x = embeddings.to(acc);
-  const at::Tensor m = weights * grad_loss.to(acc).unsqueeze(1);  // M[a, j] = g[a] w[a, j]
+  const at::Tensor w = pairs.dim() == 2 ? dense_weights(weights, pairs) : weights;
+  const at::Tensor m = w * grad_loss.to(acc).unsqueeze(1);  // M[a, j] = g[a] w[a, j]
   if (metric != triplet::kCosine) {
     // d d(i, j) / d x_i = (x_i - x_j) w-folded: (rowsum + colsum) x_i - (M + M^T) x
     const at::Tensor scale = (m.sum(1) + m.sum(0)).unsqueeze(1);
@@ -160,11 +183,13 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   // "hard", "semihard" or "semihard_all"; distance "euclidean", "squared_euclidean" or "cosine").
   // Returns per anchor the sum of its triplets' losses [B] (float32 for half embeddings), the
   // statistics [B, 4] float64 (active triplets, mined triplets, sums of the mined d(a, p) and
-  // d(a, n), similarities for cosine) and, with compute_grad, the weights [B, B] of the gradient
-  // (d loss_a / d d(a, j) folded with the metric's derivative).
+  // d(a, n), similarities for cosine) and, with compute_grad, the weights of the gradient
+  // (d loss_a / d d(a, j) folded with the metric's derivative) with the pairs they belong to: for
+  // "hard" [B, 2] each (each anchor's positive and negative, -1 for none), otherwise weights
+  // [B, B] and pairs [0] ([0] and [0] without compute_grad).
   m.def(
       "triplet_margin_loss(Tensor embeddings, Tensor labels, float margin, str mining, str distance, "
-      "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+      "bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor)");
   // The classic form, F.triplet_margin_loss's: rows of anchor, positive, negative [B, D] (one
   // float dtype), d(x, y) = |x - y + eps|_p. Returns the per-row losses [B] (float32 for half
   // inputs) and, with compute_grad, their gradients [3, B, D] (anchor, positive, negative; the
@@ -173,5 +198,7 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
       "triplet_loss(Tensor anchor, Tensor positive, Tensor negative, float margin, float p, float eps, "
       "bool swap, bool compute_grad) -> (Tensor, Tensor)");
   // d(sum_a grad_loss[a] loss[a]) / d embeddings, from the weights.
-  m.def("_triplet_margin_loss_backward(Tensor grad_loss, Tensor weights, Tensor embeddings, str distance) -> Tensor");
+  m.def(
+      "_triplet_margin_loss_backward(Tensor grad_loss, Tensor weights, Tensor pairs, Tensor embeddings, "
+      "str distance) -> Tensor");
 }

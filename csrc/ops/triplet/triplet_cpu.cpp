@@ -1,13 +1,16 @@
 // CPU kernels of the fused batch triplet loss: distances from the Gram matrix row by row, then one
-// task per anchor row (mining, loss, statistics and gradient weights in one pass). The backward
-// takes the weights' nonzeros alone when they are few (batch-hard keeps two per anchor row,
-// FaceNet semi-hard at most two per positive): O(B^2 + nnz D) instead of two B x B x D products.
+// task per anchor row (mining, loss, statistics and gradient weights in one pass). Batch-hard
+// takes the Gram matrix a block of rows at a time and keeps two weights per anchor: O(B D)
+// memory. The backward takes the weights' nonzeros alone when they are few (batch-hard's two per
+// anchor, FaceNet semi-hard's at most two per positive): O(nnz D) instead of two B x B x D products.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -68,6 +71,52 @@ void rows_cpu(const at::Tensor& x, const at::Tensor& norms, at::Tensor& d, const
   });
 }
 
+// Distances of this many pairs at a time in batch-hard's forward (a block of anchor rows against
+// every row: 256 KiB of float32), so its memory stays O(B D) instead of B x B.
+constexpr int64_t kBlockPairs = int64_t(1) << 16;
+
+// Batch-hard: blocks of anchor rows, a task per block: its Gram products against every row (one
+// BLAS call, single-threaded inside the task), their distances and their hardest pairs. One
+// parallel region for the whole pass: a region per block spent its time in OpenMP's fork and join.
+void hard_rows_cpu(const at::Tensor& x, const at::Tensor& norms, const at::Tensor& labels, double margin, int metric,
+                   bool compute_grad, at::Tensor& w, at::Tensor& pairs, at::Tensor& loss, at::Tensor& stats) {
+  const int64_t b = x.size(0), dim = x.size(1);
+  const int64_t block = std::min(b, std::max<int64_t>(1, kBlockPairs / b));
+  const int64_t blocks = (b + block - 1) / block;
+  // Worker threads do not inherit the caller's below-autograd dispatch state: a row tensor that
+  // requires grad would make at::mm_out refuse there.
+  const at::Tensor rows_x = x.detach();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "triplet_hard_rows_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* np = norms.const_data_ptr<scalar_t>();
+    const int64_t* lp = labels.const_data_ptr<int64_t>();
+    scalar_t* wp = compute_grad ? w.mutable_data_ptr<scalar_t>() : nullptr;
+    int64_t* pp = compute_grad ? pairs.mutable_data_ptr<int64_t>() : nullptr;
+    scalar_t* out = loss.mutable_data_ptr<scalar_t>();
+    double* st = stats.mutable_data_ptr<double>();
+    at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
+      at::Tensor scratch = at::empty({block, b}, x.options());
+      for (int64_t k = lo; k < hi; ++k) {
+        const int64_t first = k * block, rows = std::min(block, b - first);
+        at::Tensor g = scratch.narrow(0, 0, rows);
+        at::mm_out(g, rows_x.narrow(0, first, rows), rows_x.t());
+        scalar_t* gp = g.mutable_data_ptr<scalar_t>();
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t a = first + i;
+          distance_row(metric, xp, np, b, dim, a, gp + i * b);
+          triplet::HardPair<scalar_t> pair;
+          triplet::hard_row(gp + i * b, lp, b, a, static_cast<scalar_t>(margin), metric, pair).store(a, out, st);
+          if (!compute_grad) continue;
+          pp[2 * a] = pair.p;
+          pp[2 * a + 1] = pair.n;
+          wp[2 * a] = pair.wp;
+          wp[2 * a + 1] = pair.wn;
+        }
+      }
+    });
+  });
+}
+
 // Nonzeros at most 1 in 16 of the B x B weights: the sparse backward (measured at B = 1024,
 // D = 128: batch-hard's backward went from about 4 ms of matrix products to well under 1 ms).
 constexpr int64_t kSparseShare = 16;
@@ -118,6 +167,22 @@ bool row_nonzeros(const T* w, const T* g, int64_t b, Nonzeros<T>& nz) {
   return true;
 }
 
+// The nonzeros of M from batch-hard's compact weights (two per anchor at most: its positive and
+// negative where the triplet is active).
+template <typename T>
+void compact_nonzeros(const T* w, const int64_t* pairs, const T* g, int64_t b, Nonzeros<T>& nz) {
+  nz.row_start.assign(b + 1, 0);
+  for (int64_t a = 0; a < b; ++a) {
+    for (int k = 0; k < 2; ++k) {
+      const T v = w[2 * a + k];
+      if (v == T(0) || pairs[2 * a + k] < 0) continue;
+      nz.cols.push_back(pairs[2 * a + k]);
+      nz.vals.push_back(g[a] * v);
+    }
+    nz.row_start[a + 1] = static_cast<int64_t>(nz.cols.size());
+  }
+}
+
 // The column view of the nonzeros (entries by column, rows ascending), from the row view.
 template <typename T>
 void column_nonzeros(int64_t b, Nonzeros<T>& nz) {
@@ -159,17 +224,25 @@ void add_pairs(const std::vector<int64_t>& start, const std::vector<int64_t>& ot
 }
 
 at::Tensor triplet_margin_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& weights,
-                                           const at::Tensor& embeddings, c10::string_view distance) {
-  const triplet::Metric metric = check_backward_args(grad_loss, weights, embeddings, distance);
+                                           const at::Tensor& pairs, const at::Tensor& embeddings,
+                                           c10::string_view distance) {
+  const triplet::Metric metric = check_backward_args(grad_loss, weights, pairs, embeddings, distance);
   const int64_t b = embeddings.size(0), dim = embeddings.size(1);
   const at::Tensor w = weights.contiguous();
-  if (b == 0) return triplet_backward(grad_loss, weights, embeddings, distance);
+  const bool compact = pairs.dim() == 2;
+  if (b == 0) return triplet_backward(grad_loss, weights, pairs, embeddings, distance);
   const at::Tensor x = embeddings.to(w.scalar_type());
   const at::Tensor g = grad_loss.to(w.scalar_type()).contiguous();
+  const at::Tensor p = pairs.contiguous();
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "triplet_backward_cpu", [&] {
     Nonzeros<scalar_t> nz;
-    if (!row_nonzeros(w.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), b, nz)) return;  // dense
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    if (compact) {
+      compact_nonzeros(w.const_data_ptr<scalar_t>(), p.const_data_ptr<int64_t>(), gp, b, nz);
+    } else if (!row_nonzeros(w.const_data_ptr<scalar_t>(), gp, b, nz)) {
+      return;  // dense: the matrix products
+    }
     column_nonzeros(b, nz);
     const at::Tensor rows = metric_rows(x, metric).contiguous();
     out = at::zeros({b, dim}, w.options());
@@ -179,16 +252,15 @@ at::Tensor triplet_margin_loss_backward_cpu(const at::Tensor& grad_loss, const a
     add_pairs(nz.row_start, nz.cols, nz.vals, xp, b, dim, cosine, op);     // d/dx_a of d(a, j)
     add_pairs(nz.col_start, nz.rows, nz.col_vals, xp, b, dim, cosine, op);  // d/dx_j of d(a, j)
   });
-  if (!out.defined()) return triplet_backward(grad_loss, weights, embeddings, distance);
+  if (!out.defined()) return triplet_backward(grad_loss, weights, pairs, embeddings, distance);
   if (metric == triplet::kCosine) out = cosine_input_grad(out, x);
   return out.to(embeddings.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_cpu(const at::Tensor& embeddings,
-                                                                       const at::Tensor& labels, double margin,
-                                                                       c10::string_view mining,
-                                                                       c10::string_view distance, bool compute_grad) {
-  static const TripletKernels kernels{&rows_cpu};
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_cpu(
+    const at::Tensor& embeddings, const at::Tensor& labels, double margin, c10::string_view mining,
+    c10::string_view distance, bool compute_grad) {
+  static const TripletKernels kernels{&rows_cpu, &hard_rows_cpu};
   return triplet_forward(embeddings, labels, margin, mining, distance, compute_grad, kernels);
 }
 

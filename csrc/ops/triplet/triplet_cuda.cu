@@ -7,6 +7,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/mm.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -38,6 +39,22 @@ __global__ void triplet_rows_kernel(const T* __restrict__ d, const int64_t* __re
   }
 }
 
+// Batch-hard: a thread per anchor row writes its compact pair (no B x B weights).
+template <typename T>
+__global__ void triplet_hard_kernel(const T* __restrict__ d, const int64_t* __restrict__ labels, int64_t b, T margin,
+                                    int metric, T* __restrict__ w, int64_t* __restrict__ pairs, T* __restrict__ loss,
+                                    double* __restrict__ stats) {
+  for (int64_t a = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; a < b; a += int64_t(gridDim.x) * blockDim.x) {
+    triplet::HardPair<T> pair;
+    triplet::hard_row(d + a * b, labels, b, a, margin, metric, pair).store(a, loss, stats);
+    if (w == nullptr) continue;
+    pairs[2 * a] = pair.p;
+    pairs[2 * a + 1] = pair.n;
+    w[2 * a] = pair.wp;
+    w[2 * a + 1] = pair.wn;
+  }
+}
+
 template <typename T>
 void launch_distances(const at::Tensor& x, const at::Tensor& norms, at::Tensor& gram, int metric) {
   const int64_t b = x.size(0);
@@ -64,19 +81,36 @@ void rows_cuda(const at::Tensor& x, const at::Tensor& norms, at::Tensor& d, cons
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_cuda(const at::Tensor& embeddings,
-                                                                        const at::Tensor& labels, double margin,
-                                                                        c10::string_view mining,
-                                                                        c10::string_view distance, bool compute_grad) {
+// Batch-hard on the GPU keeps the whole B x B distance matrix while the rows are mined (one
+// cuBLAS product); only its output is compact.
+void hard_rows_cuda(const at::Tensor& x, const at::Tensor& norms, const at::Tensor& labels, double margin, int metric,
+                    bool compute_grad, at::Tensor& w, at::Tensor& pairs, at::Tensor& loss, at::Tensor& stats) {
+  const int64_t b = x.size(0);
+  at::Tensor d = at::mm(x, x.t()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "triplet_hard_cuda", [&] {
+    launch_distances<scalar_t>(x, norms, d, metric);
+    triplet_hard_kernel<scalar_t><<<grid_stride_blocks(b, 128), 128, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        d.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), b, static_cast<scalar_t>(margin), metric,
+        compute_grad ? w.mutable_data_ptr<scalar_t>() : nullptr,
+        compute_grad ? pairs.mutable_data_ptr<int64_t>() : nullptr, loss.mutable_data_ptr<scalar_t>(),
+        stats.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_cuda(
+    const at::Tensor& embeddings, const at::Tensor& labels, double margin, c10::string_view mining,
+    c10::string_view distance, bool compute_grad) {
   const c10::cuda::CUDAGuard guard(embeddings.device());
-  static const TripletKernels kernels{&rows_cuda};
+  static const TripletKernels kernels{&rows_cuda, &hard_rows_cuda};
   return triplet_forward(embeddings, labels, margin, mining, distance, compute_grad, kernels);
 }
 
 at::Tensor triplet_margin_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& weights,
-                                             const at::Tensor& embeddings, c10::string_view distance) {
+                                             const at::Tensor& pairs, const at::Tensor& embeddings,
+                                             c10::string_view distance) {
   const c10::cuda::CUDAGuard guard(embeddings.device());
-  return triplet_backward(grad_loss, weights, embeddings, distance);
+  return triplet_backward(grad_loss, weights, pairs, embeddings, distance);
 }
 
 template <typename scalar_t>
