@@ -222,7 +222,7 @@ BLOCKS = {
         providers=("fastmtl", "uncached", "eager", "compile", "yolov5"),
     ),
     "bench-cpu-triplet": Table(
-        results="benchmarks/results/bench-cpu-20261126T083730Z.json",
+        results="benchmarks/results/bench-cpu-20261126T091741Z.json",
         ops=("triplet_margin_loss",),
         columns=("mining", "B", "D"),
         label=triplet_row,
