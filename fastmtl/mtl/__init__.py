@@ -1,7 +1,18 @@
-"""Multi-task learning: task-balancing strategies (:mod:`fastmtl.mtl.weighting`) and per-task
-learning-rate multipliers (:func:`lr_multiplier_groups`)."""
+"""Multi-task learning: task-balancing strategies (:mod:`fastmtl.mtl.weighting`), gradient-level
+balancing (:mod:`fastmtl.mtl.gradients`: PCGrad, MGDA) and per-task learning-rate multipliers
+(:func:`lr_multiplier_groups`)."""
 
+from fastmtl.mtl.gradients import mgda_weights, pcgrad
 from fastmtl.mtl.lr_groups import lr_multiplier_groups
 from fastmtl.mtl.weighting import DTP, DWA, FixedWeighting, UncertaintyWeighting, Weighting
 
-__all__ = ["DTP", "DWA", "FixedWeighting", "UncertaintyWeighting", "Weighting", "lr_multiplier_groups"]
+__all__ = [
+    "DTP",
+    "DWA",
+    "FixedWeighting",
+    "UncertaintyWeighting",
+    "Weighting",
+    "lr_multiplier_groups",
+    "mgda_weights",
+    "pcgrad",
+]
