@@ -2,6 +2,7 @@
 balancing (:mod:`fastmtl.mtl.gradients`: PCGrad, MGDA) and per-task learning-rate multipliers
 (:func:`lr_multiplier_groups`)."""
 
+from fastmtl.mtl.backward import representation_backward
 from fastmtl.mtl.gradients import mgda_weights, pcgrad
 from fastmtl.mtl.lr_groups import lr_multiplier_groups
 from fastmtl.mtl.weighting import DTP, DWA, FixedWeighting, UncertaintyWeighting, Weighting
@@ -15,4 +16,5 @@ __all__ = [
     "lr_multiplier_groups",
     "mgda_weights",
     "pcgrad",
+    "representation_backward",
 ]
