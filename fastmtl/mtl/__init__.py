@@ -5,12 +5,13 @@ balancing (:mod:`fastmtl.mtl.gradients`: PCGrad, MGDA) and per-task learning-rat
 from fastmtl.mtl.backward import representation_backward
 from fastmtl.mtl.gradients import mgda_weights, pcgrad
 from fastmtl.mtl.lr_groups import lr_multiplier_groups
-from fastmtl.mtl.weighting import DTP, DWA, FixedWeighting, UncertaintyWeighting, Weighting
+from fastmtl.mtl.weighting import DTP, DWA, FixedWeighting, GradNorm, UncertaintyWeighting, Weighting
 
 __all__ = [
     "DTP",
     "DWA",
     "FixedWeighting",
+    "GradNorm",
     "UncertaintyWeighting",
     "Weighting",
     "lr_multiplier_groups",
