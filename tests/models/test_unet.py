@@ -111,7 +111,7 @@ def test_short_training_beats_a_constant_prediction(gen):
     net = UNet(in_channels=1, num_classes=3, depth=2, width=8)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
-    for step in range(40):
+    for step in range(80):
         idx = torch.arange(step * 8, step * 8 + 8) % 40
         loss = torch.nn.functional.cross_entropy(net(images[idx]), masks[idx])
         opt.zero_grad()
@@ -124,4 +124,4 @@ def test_short_training_beats_a_constant_prediction(gen):
     with torch.no_grad():
         learned.update(net(images[40:]), masks[40:])
     constant.update(torch.zeros_like(masks[40:]), masks[40:])  # everything background
-    assert learned.compute()["miou"] > constant.compute()["miou"] + 0.3
+    assert learned.compute()["miou"] > constant.compute()["miou"] + 0.3  # 16 seeds: +0.66 to +0.73
