@@ -2,16 +2,19 @@
 balancing (:mod:`fastmtl.mtl.gradients`: PCGrad, MGDA) and per-task learning-rate multipliers
 (:func:`lr_multiplier_groups`)."""
 
+from fastmtl.mtl.architectures import CrossStitch, HardSharing
 from fastmtl.mtl.backward import representation_backward
 from fastmtl.mtl.gradients import mgda_weights, pcgrad
 from fastmtl.mtl.lr_groups import lr_multiplier_groups
 from fastmtl.mtl.weighting import DTP, DWA, FixedWeighting, GradNorm, UncertaintyWeighting, Weighting
 
 __all__ = [
+    "CrossStitch",
     "DTP",
     "DWA",
     "FixedWeighting",
     "GradNorm",
+    "HardSharing",
     "UncertaintyWeighting",
     "Weighting",
     "lr_multiplier_groups",
