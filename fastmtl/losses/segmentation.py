@@ -10,6 +10,8 @@ the targets and the predictions scores 1 through ``smooth``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +24,16 @@ __all__ = ["SegmentationLoss", "dice_loss"]
 def _float(logits: Tensor) -> Tensor:
     """float32 or float64 logits as they are, half ones in float32."""
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+def _check_smooth(smooth) -> None:
+    ok = isinstance(smooth, (int, float)) and not isinstance(smooth, bool)
+    try:
+        ok = ok and math.isfinite(smooth) and smooth >= 0
+    except OverflowError:  # an int beyond float range
+        ok = False
+    if not ok:
+        raise ValueError(f"smooth must be a finite number >= 0, got {smooth!r}")
 
 
 def _check(logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None) -> None:
@@ -57,22 +69,19 @@ def dice_loss(
     """Soft Dice loss of logits ``[N, C, ...]`` against class indices ``[N, ...]`` (module
     docstring); half logits are computed in float32."""
     _check(logits, target, ignore_index, weight)
-    if smooth < 0:
-        raise ValueError(f"smooth must be >= 0, got {smooth}")
+    _check_smooth(smooth)
+    smooth = float(smooth)  # an int past int64 would not mix with a tensor
     c = logits.shape[1]
     probs = _float(logits).softmax(1).movedim(1, -1).reshape(-1, c)
     t = target.reshape(-1)
     keep = (t != ignore_index).unsqueeze(1).to(probs.dtype)
     onehot = F.one_hot(t.clamp(0, c - 1) * (t != ignore_index), c).to(probs.dtype) * keep
     probs = probs * keep
-    inter = (probs * onehot).sum(0)
-    dice = (2 * inter + smooth) / (probs.sum(0) + onehot.sum(0) + smooth).clamp(
-        min=torch.finfo(probs.dtype).tiny
-    )
-    if weight is None:
-        return 1 - dice.mean()
-    w = weight.to(dice.dtype)
-    return 1 - (w * dice).sum() / w.sum()
+    # the per-class ratio in float64: C values, and a large smooth does not overflow float32
+    inter, total = (probs * onehot).sum(0).double(), (probs.sum(0) + onehot.sum(0)).double()
+    dice = (2 * inter + smooth) / (total + smooth).clamp(min=torch.finfo(torch.float64).tiny)
+    loss = 1 - (dice.mean() if weight is None else (weight.double() * dice).sum() / weight.double().sum())
+    return loss.to(probs.dtype)
 
 
 class SegmentationLoss(nn.Module):

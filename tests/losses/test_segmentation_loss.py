@@ -91,3 +91,13 @@ def test_bad_input_names_the_argument(change, match, gen):
     change(a)
     with pytest.raises(ValueError, match=match):
         dice_loss(**a)
+
+
+def test_dice_double_backward_and_autocast(gen):
+    logits = torch.randn(1, 3, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (1, 2, 3), generator=gen)
+    assert torch.autograd.gradgradcheck(lambda x: dice_loss(x, target), (logits,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = dice_loss(logits.detach().bfloat16(), target)
+    assert half.dtype == torch.float32  # half logits are taken in float32
+    torch.testing.assert_close(half.double(), dice_loss(logits.detach(), target), atol=2e-2, rtol=0)

@@ -25,6 +25,7 @@ import torch
 import torchvision.ops as tv
 
 import fastmtl.ops as F
+from fastmtl.losses.segmentation import dice_loss
 from fastmtl.metrics._coco_reference import coco_evaluate as coco_reference
 from fastmtl.ops import _reference as R
 from fastmtl.ops._triplet_reference import triplet_terms_reference
@@ -484,6 +485,15 @@ def _specs():
         strings=("mining", "distance"),
         **triplet_kw,
     )
+    add(  # batch-hard's compact path (no B x B weights)
+        "triplet_margin_loss_hard",
+        "op",
+        lambda **kw: torch.ops.fastmtl.triplet_margin_loss(**kw)[0],
+        lambda g: {**_triplet(g), "mining": "hard", "distance": "euclidean", "compute_grad": True},
+        lambda compute_grad, **kw: triplet_terms_reference(**kw)[0],
+        strings=("mining", "distance"),
+        **triplet_kw,
+    )
     classic_kw = dict(
         tensors=("anchor", "positive", "negative"),
         floats=("margin", "p", "eps"),
@@ -508,6 +518,17 @@ def _specs():
             ).to(R.compute_dtype(anchor.dtype))
         ),
         **classic_kw,
+    )
+    # Segmentation loss ------------------------------------------------------------------------
+    add(
+        "dice_loss",
+        "py",
+        _py(dice_loss),
+        _dice_make,
+        _dice_reference,
+        tensors=("logits", "target"),
+        floats=("smooth",),
+        related={k: ("logits", "target") for k in ("logits", "target")},
     )
     # COCO evaluation (fastmtl.metrics.coco_evaluate calls it; the op route only) --------------
     add(
@@ -568,6 +589,23 @@ def _yolo_v3_reference(preds0, preds1, targets, counts, anchors, strides, ignore
 def _triplet(g, b=7, dim=4) -> dict:
     labels = torch.randint(0, 3, (b,), generator=g)
     return {"embeddings": torch.randn(b, dim, generator=g), "labels": labels, "margin": 0.3}
+
+
+def _dice_make(g) -> dict:
+    target = torch.randint(0, 3, (2, 4, 5), generator=g)
+    target[0, 0, 0] = -100  # an ignored pixel
+    return {"logits": torch.randn(2, 3, 4, 5, generator=g), "target": target, "smooth": 1.0}
+
+
+def _dice_reference(logits, target, smooth, ignore_index=-100):
+    """Soft Dice in float64, written independently of the loss: per-class sums over kept pixels."""
+    p = logits.double().softmax(1)
+    keep = target != ignore_index
+    dice = []
+    for c in range(logits.shape[1]):
+        pc, yc = p[:, c][keep], (target[keep] == c).double()
+        dice.append((2 * (pc * yc).sum() + smooth) / (pc.sum() + yc.sum() + smooth))
+    return (1 - torch.stack(dice).mean()).to(R.compute_dtype(logits.dtype))
 
 
 def _triplet_rows(g, b=5, dim=3) -> dict:
@@ -631,6 +669,7 @@ GROUPS = {
     "yolo": [n for n in SPECS if n.startswith("yolo")],
     "triplet": [n for n in SPECS if n.startswith("triplet")],
     "coco": [n for n in SPECS if n.startswith("coco")],
+    "segmentation": [n for n in SPECS if n.startswith("dice")],
 }
 assert sorted(sum(GROUPS.values(), [])) == sorted(SPECS)
 
