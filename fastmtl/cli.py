@@ -120,6 +120,14 @@ def _add_demo(sub) -> None:
     _add_style_demo(pipelines)
 
 
+def _add_run_output(parser) -> None:
+    """The progress and results-file arguments the training demos share."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--results-json", default=None, metavar="PATH", help="the JSON's path (default: OUT/results.json)"
+    )
+
+
 def _add_segmentation_demo(pipelines) -> None:
     seg = pipelines.add_parser(
         "segmentation",
@@ -137,10 +145,7 @@ def _add_segmentation_demo(pipelines) -> None:
     seg.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
-    seg.add_argument("--no-progress", action="store_true", help="no progress bar")
-    seg.add_argument(
-        "--results-json", default=None, metavar="PATH", help="the JSON's path (default: OUT/results.json)"
-    )
+    _add_run_output(seg)
 
 
 def _add_siamese_demo(pipelines) -> None:
@@ -169,15 +174,12 @@ def _add_siamese_demo(pipelines) -> None:
     sia.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's default)"
     )
-    sia.add_argument("--no-progress", action="store_true", help="no progress bar")
     sia.add_argument(
         "--no-pretrained",
         action="store_true",
         help="skip the no-training baselines (MAC / R-MAC of ImageNet MobileNetV2; the pretrained MiniLM)",
     )
-    sia.add_argument(
-        "--results-json", default=None, metavar="PATH", help="the JSON's path (default: OUT/results.json)"
-    )
+    _add_run_output(sia)
 
 
 def _add_yolo_demo(pipelines) -> None:
@@ -198,10 +200,7 @@ def _add_yolo_demo(pipelines) -> None:
     yolo.add_argument("--freeze", action="store_true", help="freeze the pretrained backbone (train the head)")
     threads_help = "torch CPU threads (default 1; 0: torch's default)"
     yolo.add_argument("--threads", type=int, default=1, help=threads_help)
-    yolo.add_argument("--no-progress", action="store_true", help="no progress bar")
-    yolo.add_argument(
-        "--results-json", default=None, metavar="PATH", help="the JSON's path (default: OUT/results.json)"
-    )
+    _add_run_output(yolo)
 
 
 def _add_style_demo(pipelines) -> None:

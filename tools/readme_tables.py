@@ -377,6 +377,12 @@ def _duration(seconds: float) -> str:
     return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
 
 
+def _provenance(block, doc: dict) -> str:
+    """``(`file`, date, torch version, rev abc1234)``: where a demo sentence's figures come from."""
+    m = doc["machine"]
+    return f"(`{block.results}`, {doc['created_utc'][:10]}, torch {m['torch']}, rev {m['git_rev']})"
+
+
 def render_detection_demo(name: str, block: DetectionDemo, root: Path) -> str:
     """The sentence of figures, from the JSON ``fastmtl demo detection|yolo --results-json`` writes.
 
@@ -397,7 +403,7 @@ def render_detection_demo(name: str, block: DetectionDemo, root: Path) -> str:
         f"{m['device_name']}{cores}{note}, "
         f"mAP@0.5 {doc['map50']:.3f}{strict} on {c['val_size']} held-out "
         f"images against {doc['baseline_map50']:.3f} for random boxes "
-        f"(`{block.results}`, {doc['created_utc'][:10]}, torch {m['torch']}, rev {m['git_rev']})."
+        f"{_provenance(block, doc)}."
     )
 
 
@@ -421,8 +427,7 @@ def render_siamese_demo(name: str, block: SiameseDemo, root: Path) -> str:
         f"{doc['accuracy_at_tau']:.3f} at the threshold calibrated on trained identities; on {new} "
         f"of trained identities {pair('seen_verification', 'seen_baseline')}; one-shot identification "
         f"top-1 {ident['unseen']:.3f} unseen (raw {ident['baseline_unseen']:.3f}), {ident['seen']:.3f} "
-        f"seen (raw {ident['baseline_seen']:.3f}){_pretrained_sentence(doc)} (`{block.results}`, "
-        f"{doc['created_utc'][:10]}, torch {m['torch']}, rev {m['git_rev']})."
+        f"seen (raw {ident['baseline_seen']:.3f}){_pretrained_sentence(doc)} {_provenance(block, doc)}."
     )
 
 
@@ -439,7 +444,7 @@ def render_segmentation_demo(name: str, block: SegmentationDemo, root: Path) -> 
         f"{_duration(doc['seconds'])} on {m['device_name']}; on {c['val_images']} validation scenes mIoU "
         f"{met['miou']:.3f} (a constant prediction: {const['miou']:.3f}), pixel accuracy "
         f"{met['pixel_accuracy']:.3f} ({const['pixel_accuracy']:.3f}); IoU per class: {per_class} "
-        f"(`{block.results}`, {doc['created_utc'][:10]}, torch {m['torch']}, rev {m['git_rev']})."
+        f"{_provenance(block, doc)}."
     )
 
 
