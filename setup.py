@@ -133,6 +133,10 @@ setup(
         # The demos: progress bars, plots, PNGs, the sample photos of scikit-image and the
         # handwritten digits of scikit-learn (the composite detection scenes' objects).
         "demo": ["tqdm", "matplotlib", "pillow", "scikit-image", "scikit-learn"],
+        # The multi-task benchmarks' peer (fastmtl.bench.libmtl_peer, benchmark only). LibMTL asks
+        # for torch, torchvision and numpy (lower bounds, already met) but not for scipy, which its
+        # CAGrad imports when LibMTL.weighting is imported.
+        "bench": ["LibMTL==1.1.5", "scipy"],
     },
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

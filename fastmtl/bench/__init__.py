@@ -23,6 +23,7 @@ REGISTRY = {
     "coco_evaluate": "fastmtl.bench.cases_coco",
     "triplet": "fastmtl.bench.cases_triplet",
     "segmentation": "fastmtl.bench.cases_segmentation",
+    "mtl": "fastmtl.bench.cases_mtl",
 }
 
 

@@ -27,7 +27,10 @@ class HardSharing(nn.Module):
     """``HardSharing(encoder, {"seg": head, "depth": head})(x)`` -> ``{task: head(encoder(x))}``.
 
     ``shared(x)`` and ``heads_forward(z)`` split the two halves, for
-    :func:`fastmtl.mtl.representation_backward`.
+    :func:`fastmtl.mtl.representation_backward`; ``forward(x, representation=True)`` returns
+    ``(outputs, z, zd)`` with the heads run on ``zd``, a detached leaf copy of the representation
+    ``z`` (what :class:`fastmtl.mtl.MTLTrainer` asks for when it balances gradients: through
+    ``forward``, so that DistributedDataParallel sees the call).
     """
 
     def __init__(self, encoder: nn.Module, heads: dict) -> None:
@@ -41,8 +44,16 @@ class HardSharing(nn.Module):
     def heads_forward(self, z: Tensor) -> dict:
         return {task: head(z) for task, head in self.heads.items()}
 
-    def forward(self, x: Tensor) -> dict:
-        return self.heads_forward(self.shared(x))
+    def shared_parameters(self) -> list:
+        """The encoder's trainable parameters (parameter-space gradient balancing's)."""
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def forward(self, x: Tensor, representation: bool = False):
+        z = self.shared(x)
+        if not representation:
+            return self.heads_forward(z)
+        zd = z.detach().requires_grad_()
+        return self.heads_forward(zd), z, zd
 
 
 class CrossStitch(nn.Module):

@@ -19,9 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastmtl.mtl.gradients import mgda_weights, pcgrad
-
-METHODS = ("sum", "pcgrad", "mgda")
+from fastmtl.mtl.gradients import METHODS, _gram, combination_weights
 
 
 def representation_backward(
@@ -29,7 +27,8 @@ def representation_backward(
 ) -> dict:
     """Backpropagates ``losses`` (computed from ``zd``, a detached leaf copy of ``z``) with the
     per-task gradients at ``zd`` combined by ``method``. Returns ``{"grads": [T, N] per-task
-    gradients at z, "weights": [T] (MGDA's, or ones)}``, on the device."""
+    gradients at z, "weights": [T] coefficients with the combination ``weights @ grads`` (ones,
+    MGDA's, or PCGrad's from :func:`combination_weights`)}``, on the device."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not zd.requires_grad or zd.grad_fn is not None or zd.shape != z.shape:
@@ -40,14 +39,8 @@ def representation_backward(
     grads = torch.stack(
         [torch.autograd.grad(v, zd, retain_graph=True)[0].flatten() for v in values]
     )  # each task's gradient at z, through its head only
-    weights = torch.ones(len(values), dtype=grads.dtype, device=grads.device)
-    if method == "pcgrad":
-        combined = pcgrad(grads, generator)
-    elif method == "mgda":
-        weights = mgda_weights(grads)
-        combined = weights @ grads
-    else:
-        combined = grads.sum(0)
+    weights = combination_weights(_gram(grads, method), method, generator).to(grads.dtype)
+    combined = weights @ grads
     torch.stack(values).sum().backward()  # the heads' own gradients (zd's, a throwaway leaf, too)
     z.backward(combined.view_as(z))
     return {"grads": grads, "weights": weights}

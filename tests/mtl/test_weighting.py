@@ -1,13 +1,15 @@
 """Task-balancing strategies: each one's weights equal a hand computation on fixed loss
-sequences; uncertainty weighting learns a larger variance for the noisier task; bad input."""
+sequences; uncertainty weighting learns a larger variance for the noisier task; the stateful ones
+(DWA, GradNorm, DTP) continue identically after a weights-only checkpoint; bad input."""
 
+import io
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from fastmtl.mtl import DTP, DWA, FixedWeighting, UncertaintyWeighting, lr_multiplier_groups
+from fastmtl.mtl import DTP, DWA, FixedWeighting, GradNorm, UncertaintyWeighting, lr_multiplier_groups
 
 
 def _losses(**values):
@@ -143,3 +145,45 @@ def test_gradnorm_equalizes_gradient_norms(gen):
     g = torch.stack(seen[-200:]).mean(0)  # the fixed-step L1 descent oscillates around the balance
     assert float((g[0] - g[1]).abs() / g.mean()) < 0.05  # equal weighted norms (they began 10x apart)
     assert float(weighting.w.sum()) == pytest.approx(2.0)
+
+
+def _drive_dwa(w, i, losses):
+    w(losses)
+    if i % 3 == 2:
+        w.epoch_end()
+
+
+def _drive_gradnorm(w, i, losses):
+    w(losses)
+    w.step(torch.tensor([1.0 + i, 2.0]), losses)
+
+
+def _drive_dtp(w, i, losses):
+    w.update_kpis({"a": 0.1 * (i % 7), "b": 0.5 + 0.05 * i})
+    w(losses)
+
+
+@pytest.mark.parametrize(
+    "make, drive",
+    [
+        (lambda: DWA(["a", "b"]), _drive_dwa),
+        (lambda: GradNorm(["a", "b"]), _drive_gradnorm),
+        (lambda: DTP(["a", "b"]), _drive_dtp),
+    ],
+    ids=["dwa", "gradnorm", "dtp"],
+)
+@pytest.mark.parametrize("saved_at", [0, 4])  # before any state, and mid-run (DWA: mid-epoch)
+def test_state_round_trips_through_a_weights_only_checkpoint(make, drive, saved_at, gen):
+    losses = [_losses(a=float(v[0]), b=float(v[1])) for v in 0.5 + torch.rand(10, 2, generator=gen)]
+    weighting = make()
+    for i in range(saved_at):
+        drive(weighting, i, losses[i])
+    buffer = io.BytesIO()
+    torch.save(weighting.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = make()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    for i in range(saved_at, len(losses)):
+        drive(weighting, i, losses[i])
+        drive(fresh, i, losses[i])
+        assert torch.equal(fresh.weights, weighting.weights), i

@@ -93,17 +93,25 @@ class UNet(nn.Module):
         self.out_channels = chans[0]
         self.head = nn.Conv2d(chans[0], num_classes, 1)
 
-    def features(self, images: Tensor) -> Tensor:
-        """The decoder's full-resolution feature map ``[N, out_channels, H, W]``."""
+    def encode(self, images: Tensor) -> tuple:
+        """The encoder's ``(feature maps, finest first and the bottleneck last; pooling indices)``."""
         if images.dim() != 4:
             raise ValueError(f"images must have shape [N, C, H, W], got {list(images.shape)}")
-        feats, indices = self.encoder(images)
+        return self.encoder(images)
+
+    def decode(self, encoded: tuple, size) -> Tensor:
+        """The decoder's feature map ``[N, out_channels, *size]`` from :meth:`encode`'s output."""
+        feats, indices = encoded
         x = feats[-1]
         for up, skip, where in zip(self.ups, reversed(feats[:-1]), reversed(indices)):
             x = up(x, skip, where)
-        if x.shape[-2:] != images.shape[-2:]:  # an encoder whose finest map is not full size
-            x = F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if x.shape[-2:] != tuple(size):  # an encoder whose finest map is not full size
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         return x
+
+    def features(self, images: Tensor) -> Tensor:
+        """The decoder's full-resolution feature map ``[N, out_channels, H, W]``."""
+        return self.decode(self.encode(images), images.shape[-2:])
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))

@@ -4,8 +4,9 @@ paper in the docstring."""
 from fastmtl.mtl.weighting.base import Weighting
 from fastmtl.mtl.weighting.dtp import DTP
 from fastmtl.mtl.weighting.dwa import DWA
+from fastmtl.mtl.weighting.famo import FAMO
 from fastmtl.mtl.weighting.fixed import FixedWeighting
 from fastmtl.mtl.weighting.gradnorm import GradNorm
 from fastmtl.mtl.weighting.uncertainty import UncertaintyWeighting
 
-__all__ = ["DTP", "DWA", "FixedWeighting", "GradNorm", "UncertaintyWeighting", "Weighting"]
+__all__ = ["DTP", "DWA", "FAMO", "FixedWeighting", "GradNorm", "UncertaintyWeighting", "Weighting"]

@@ -42,3 +42,10 @@ class DTP(Weighting):
     def forward(self, losses: dict) -> Tensor:
         stacked = self.stack(losses)
         return self.combine(stacked, self.current_weights(stacked))
+
+    def get_extra_state(self) -> dict:
+        # the smoothed KPIs as a list of zero or one tensor (no None): loads with weights_only=True
+        return {"kpis": [] if self.kpis is None else [self.kpis]}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.kpis = state["kpis"][0] if state["kpis"] else None

@@ -46,3 +46,13 @@ class DWA(Weighting):
             raise RuntimeError("DWA.epoch_end: no losses were seen in this epoch")
         self.history = (self.history + [self._sum / self._count])[-2:]
         self._sum, self._count = None, 0
+
+    def get_extra_state(self) -> dict:
+        # tensors, lists and numbers only (no None): state_dict loads with weights_only=True
+        partial = [] if self._sum is None else [self._sum]
+        return {"history": list(self.history), "sum": partial, "count": self._count}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.history = list(state["history"])
+        self._sum = state["sum"][0] if state["sum"] else None
+        self._count = int(state["count"])

@@ -22,7 +22,11 @@ class FixedWeighting(Weighting):
         }
         if bad:
             raise ValueError(f"weights must be finite numbers >= 0, got {bad}")
-        self.register_buffer("fixed", torch.tensor([float(weights[t]) for t in self.tasks]), persistent=False)
+        self.register_buffer(
+            "fixed",
+            torch.tensor([float(weights[t]) for t in self.tasks], dtype=torch.float64),
+            persistent=False,
+        )
 
     def forward(self, losses: dict) -> Tensor:
         stacked = self.stack(losses)

@@ -54,3 +54,10 @@ class GradNorm(Weighting):
         self.w.clamp_(min=1e-6)
         self.w.mul_(len(self.tasks) / self.w.sum())
         return l_grad
+
+    def get_extra_state(self) -> dict:
+        # L(0) as a list of zero or one tensor (no None): state_dict loads with weights_only=True
+        return {"initial": [] if self.initial is None else [self.initial]}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.initial = state["initial"][0] if state["initial"] else None
