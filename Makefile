@@ -60,8 +60,8 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	touch $@
 
 lint: $(VENV)/.deps
-	$(VENV)/bin/ruff check fastmtl tests benchmarks tools setup.py
-	$(VENV)/bin/ruff format --check fastmtl tests benchmarks tools setup.py
+	$(VENV)/bin/ruff check fastmtl tests benchmarks tools examples setup.py
+	$(VENV)/bin/ruff format --check fastmtl tests benchmarks tools examples setup.py
 
 # The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (in build/sanitize/, never
 # replacing fastmtl/_C*.so) and the op tests run under them; tools/sanitize.sh ARGS for a subset.
