@@ -30,6 +30,13 @@ trains a U-Net on the multi-task scenes' class masks and prints the validation m
 accuracy and per-class IoU next to a constant prediction; it writes ``segmentation.png`` (image,
 ground truth, prediction) and ``results.json`` under ``--out``.
 
+``fastmtl demo mtl [--steps N] [--size PX] [--large] [--seeds N] [--strategies NAME ...] [--amp]
+[--device cpu|cuda] [--out DIR] [--results-json PATH]`` runs the slides' multi-task experiment
+(seeds/002): a hard-sharing U-Net trained for segmentation, depth and class presence on the
+multi-task scenes, single-task, with fixed weights and with each balancing strategy; it prints one
+row per weighting (per-task metrics, the multi-task gain Delta_m %, time) and writes
+``mtl-weights.png`` and ``results.json`` under ``--out``.
+
 ``fastmtl demo style-transfer [--content chelsea] [--style immunohistochemistry] [--size 128]
 [--steps N] [--optimizer lbfgs|adam] [--weights VGG.pth] [--out DIR]`` paints the content photo
 in the style of the style image (scikit-image sample names or image paths) and saves the
@@ -117,6 +124,7 @@ def _add_demo(sub) -> None:
     _add_yolo_demo(pipelines)
     _add_siamese_demo(pipelines)
     _add_segmentation_demo(pipelines)
+    _add_mtl_demo(pipelines)
     _add_style_demo(pipelines)
 
 
@@ -146,6 +154,41 @@ def _add_segmentation_demo(pipelines) -> None:
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
     _add_run_output(seg)
+
+
+def _add_mtl_demo(pipelines) -> None:
+    from fastmtl.pipelines.mtl import STRATEGIES
+
+    mtl = pipelines.add_parser(
+        "mtl",
+        help="segmentation + depth + class presence: fixed weights vs learned weightings (seeds/002's table)",
+    )
+    mtl.add_argument("--steps", type=int, default=None, help="training steps per run (default: the demo's)")
+    mtl.add_argument("--size", type=int, default=None, help="image side in pixels (default: the demo's)")
+    mtl.add_argument(
+        "--large", action="store_true", help="a bigger setting for a GPU (larger images, data, model, steps)"
+    )
+    mtl.add_argument("--seeds", type=int, default=1, help="repeat each run over N seeds: mean and spread")
+    mtl.add_argument(
+        "--strategies",
+        nargs="*",
+        choices=STRATEGIES,
+        default=None,
+        help="balancing strategies (default: all)",
+    )
+    mtl.add_argument("--encoder", choices=("mobilenet_v2", "small"), default=None, help="the U-Net's encoder")
+    mtl.add_argument(
+        "--amp", action="store_true", help="bf16 autocast on the CPU, fp16 and GradScaler on CUDA"
+    )
+    mtl.add_argument(
+        "--out", default="fastmtl-demo-mtl", help="directory for mtl-weights.png and results.json"
+    )
+    mtl.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    mtl.add_argument("--seed", type=int, default=0)
+    mtl.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: 2 ran far slower on a busy CPU)"
+    )
+    _add_run_output(mtl)
 
 
 def _add_siamese_demo(pipelines) -> None:
@@ -493,6 +536,60 @@ def _demo_segmentation(args, argv: Optional[list] = None) -> int:
     return 0
 
 
+def _mtl_config(args, overrides: dict):
+    from fastmtl.pipelines.mtl import LARGE, MTLConfig
+
+    strategies = tuple(args.strategies) if args.strategies is not None else None
+    chosen = {"image_size": args.size, "encoder": args.encoder, "strategies": strategies}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    preset = LARGE if args.large else {}
+    config = MTLConfig(**{**preset, **chosen, **overrides, "seeds": args.seeds, "amp": args.amp})
+    return config, MTLConfig(**preset)
+
+
+def _demo_mtl(args, argv: Optional[list] = None) -> int:
+    import shlex
+    import time
+    from pathlib import Path
+
+    from fastmtl.pipelines.mtl import DELTA_METRICS, format_table, train_mtl
+
+    overrides = _demo_overrides(args)
+    if overrides is None:
+        return 2
+    config, defaults = _mtl_config(args, overrides)
+    start = time.perf_counter()
+    try:
+        result = train_mtl(config)
+    except (ModuleNotFoundError, ValueError) as e:  # the pretrained encoder's weights; bad values
+        print(f"fastmtl demo mtl: {e}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    print(format_table(result))
+    used = ", ".join(f"{t} {m}" for t, m in DELTA_METRICS.items())
+    print(f"Δm: mean relative gain over the single-task runs of {used} (higher is better)")
+    print(f"{len(result.runs)} runs in {seconds:.0f} s")
+    if config.seeds > 1:
+        print(f"±: standard deviation over {config.seeds} seeds")
+    json_path = args.results_json or str(Path(args.out) / "results.json")
+    command = shlex.join(["fastmtl", *(argv if argv is not None else sys.argv[1:])])
+    figures = {
+        "class_names": list(result.class_names),
+        "delta_metrics": DELTA_METRICS,
+        "constant": result.constant,
+        "runs": [_mtl_row(r) for r in result.runs],
+    }
+    write_demo_results(json_path, "mtl", config, defaults, figures, seconds, command)
+    print(f"wrote {result.png} and {json_path}")
+    return 0
+
+
+def _mtl_row(run) -> dict:
+    keys = ("name", "kind", "tasks", "weights", "metrics", "std", "per_seed", "delta_m", "delta_m_std")
+    row = {k: getattr(run, k) for k in keys}
+    return {**row, "tasks": list(run.tasks), "seconds": round(run.seconds, 1)}
+
+
 _PRETRAINED_NAMES = {
     "mac": "MAC of ImageNet MobileNetV2",
     "rmac": "R-MAC of ImageNet MobileNetV2",
@@ -610,6 +707,8 @@ def main(argv: Optional[list] = None) -> int:
         return _demo_siamese(args, argv)
     if args.command == "demo" and args.pipeline == "segmentation":
         return _demo_segmentation(args, argv)
+    if args.command == "demo" and args.pipeline == "mtl":
+        return _demo_mtl(args, argv)
     if args.command == "demo" and args.pipeline == "style-transfer":
         return _demo_style_transfer(args)
     return 2

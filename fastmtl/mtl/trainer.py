@@ -124,31 +124,50 @@ class MTLTrainer(TrainingLoop):
         return ddp.global_losses(losses), z, zd
 
     def step(self, x: Tensor, targets: dict) -> dict:
-        """One optimizer step on a batch; returns ``{"loss", "losses" [T], "weights" [T]}``,
-        detached, on the device (reading them syncs; the trainer itself never does)."""
+        """One optimizer step on a batch; returns ``{"loss", "losses" [T], "weights" [T],
+        "shared_weights" [T]}``, detached, on the device (reading them syncs; the trainer itself
+        never does). ``weights``: the weighting's, applied to the heads' losses;
+        ``shared_weights``: the coefficients of the per-task gradients in the shared parameters'
+        gradient (PCGrad's or MGDA's under ``gradient``, else the same). The history logs the
+        latter."""
         self.module.train()
         losses, z, zd = self.losses(x, targets, representation=self.needs_grads)
         total = self.weighting(losses)
         weights = self.weighting.weights.clone()  # GradNorm updates its weights in place below
         self.optimizer.zero_grad(set_to_none=True)
         if self.needs_grads:
-            self._balanced_backward(losses, total, z, zd)
+            shared_weights = self._balanced_backward(losses, total, z, zd)
         else:
             self.scaler.scale(total).backward()
+            shared_weights = weights
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if isinstance(self.weighting, FAMO):  # FAMO steps its logits on the change of the losses
-            with torch.no_grad():
-                self.weighting.update(self.losses(x, targets)[0])
+            self.weighting.update(self._losses_again(x, targets))
         stacked = torch.stack([losses[t].detach() for t in self.tasks])
-        self.record(weights, stacked)
-        return {"loss": total.detach(), "losses": stacked, "weights": weights}
+        self.record(shared_weights, stacked)
+        return {
+            "loss": total.detach(),
+            "losses": stacked,
+            "weights": weights,
+            "shared_weights": shared_weights,
+        }
+
+    @torch.no_grad()
+    def _losses_again(self, x: Tensor, targets: dict) -> dict:
+        """The losses after the step on the same batch, leaving the buffers (BatchNorm's running
+        statistics) as the step left them: this second forward is a measurement, not training."""
+        buffers = [(b, b.clone()) for b in self.module.buffers()]
+        losses = self.losses(x, targets)[0]
+        for b, saved in buffers:
+            b.copy_(saved)
+        return losses
 
     def _scale(self, like: Tensor) -> Tensor:
         """The GradScaler's current scale as a device tensor (1 without one): no sync."""
         return self.scaler.scale(torch.ones((), device=like.device))
 
-    def _balanced_backward(self, losses: dict, total: Tensor, z: Tensor, zd: Tensor) -> None:
+    def _balanced_backward(self, losses: dict, total: Tensor, z: Tensor, zd: Tensor) -> Tensor:
         scale = self._scale(z)
         gz = torch.stack(
             [torch.autograd.grad(losses[t] * scale, zd, retain_graph=True)[0].flatten() for t in self.tasks]
@@ -166,6 +185,7 @@ class MTLTrainer(TrainingLoop):
             self._set_shared_grads(coef.to(grads) @ grads)
         else:  # DDP averages sum_t c_t J_k^T g_t,k over the ranks k: c @ the global per-task gradients
             z.backward((coef.to(gz) @ gz).view_as(z))
+        return coef.detach()
 
     def _task_grads(self, z: Tensor, gz: Tensor) -> tuple:
         """``(parameter-space gradients [T, P] or None, their global Gram matrix [T, T])``."""

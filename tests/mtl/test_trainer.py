@@ -3,6 +3,8 @@
 are driven, bf16 autocast runs, a resumed run continues identically, the weights are logged and
 plotted, and bad arguments raise."""
 
+import copy
+
 import pytest
 import torch
 
@@ -249,3 +251,54 @@ def test_bad_arguments():
         trainer.fit(x, y, steps=1, batch_size=5, progress=False)
     with pytest.raises(ValueError, match="targets"):
         trainer.fit(x, {"seg": y["seg"]}, steps=1, batch_size=2, progress=False)
+
+
+def test_float32_gradnorm_step(seed):
+    # GradNorm's update changes its weights in place: they must not be what autograd saved
+    model = _toy.model(seed).float()
+    x, y = _toy.data(6, seed)
+    weighting = GradNorm(_toy.TASKS, lr=0.05)
+    trainer = MTLTrainer(model, _toy.LOSS_FNS, weighting, torch.optim.SGD(model.parameters(), lr=0.1))
+    for _ in range(2):
+        out = trainer.step(x.float(), {"seg": y["seg"], "reg": y["reg"].float()})
+    assert torch.isfinite(out["loss"]) and not torch.equal(weighting.w, torch.ones(2))
+
+
+def test_famo_second_forward_leaves_batchnorm_statistics(seed):
+    torch.manual_seed(seed)
+    encoder = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.Tanh()
+    )
+    model = _toy.HardSharing(encoder, {"seg": torch.nn.Conv2d(6, 3, 1), "reg": _toy.model().heads["reg"]})
+    x, y = _toy.data(6, seed)
+    y = {
+        "seg": torch.nn.functional.interpolate(y["seg"][:, None].double(), size=8).long()[:, 0],
+        "reg": y["reg"],
+    }
+    model = model.double()
+    twin = copy.deepcopy(model)
+    famo = FAMO(_toy.TASKS)
+    MTLTrainer(model, _toy.LOSS_FNS, famo, torch.optim.SGD(model.parameters(), lr=0.0)).step(x, y)
+    twin(x)  # one training-mode forward: the statistics a single step leaves
+    for a, b in zip(model.buffers(), twin.buffers()):
+        assert torch.equal(a, b)
+
+
+def test_history_logs_the_shared_gradients_coefficients(seed):
+    model = _toy.model(seed)
+    x, y = _toy.data(6, seed)
+    trainer = MTLTrainer(
+        model,
+        _toy.LOSS_FNS,
+        FixedWeighting({"seg": 1.0, "reg": 1.0}),
+        torch.optim.SGD(model.parameters(), lr=0),
+        gradient="mgda",
+    )
+    out = trainer.step(x, y)
+    ref = _toy.model(seed)
+    z = ref.encoder(x)
+    o = ref.heads_forward(z)
+    g = torch.stack([torch.autograd.grad(_toy.LOSS_FNS[t](o[t], y[t]), z)[0].flatten() for t in _toy.TASKS])
+    torch.testing.assert_close(out["shared_weights"], mgda_weights(g))
+    torch.testing.assert_close(out["weights"], torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(trainer.history()["weights"][0], mgda_weights(g).float())

@@ -34,7 +34,7 @@ class GradNorm(Weighting):
         stacked = self.stack(losses)
         if self.initial is None:
             self.initial = stacked.detach().clone()
-        return self.combine(stacked, self.w.to(stacked))
+        return self.combine(stacked, self.w.detach().clone().to(stacked))  # step() changes w in place
 
     @torch.no_grad()
     def step(self, grad_norms: Tensor, losses: dict) -> Tensor:
