@@ -136,6 +136,18 @@ class Table:
 
 
 @dataclass(frozen=True)
+class StrategyTable:
+    """One row per task-balancing strategy of a training-step benchmark (``op``): each column
+    group's provider (``columns``: ``(title, baseline provider)``; a row's ``providers`` one per
+    group, ``None`` where there is none) as ``ms (N× its baseline), MB``."""
+
+    results: str
+    op: str
+    columns: tuple
+    rows: tuple  # (strategy, (provider or None per column))
+
+
+@dataclass(frozen=True)
 class SpeedupRange:
     """Inline ``lo–hi×``: the range of fastmtl's speedups over ``providers`` on ``ops``' rows."""
 
@@ -359,6 +371,29 @@ def render_table(name: str, block: Table, root: Path) -> str:
     return "\n\n" + source_line(block.results, used, created) + "\n\n" + "\n".join(lines) + "\n\n"
 
 
+def render_strategy_table(name: str, block: StrategyTable, root: Path) -> str:
+    rows, created = load_rows(root / block.results)
+    by_provider = {r["provider"]: r for r in rows if r["op"] == block.op}
+    missing = [b for _, b in block.columns if b not in by_provider]
+    if missing:
+        raise ValueError(f"{name}: no {block.op} rows of {missing} in {block.results}")
+    head = ["strategy", *(f"{title}: ms (× {base}), peak MB" for title, base in block.columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    used = []
+    for strategy, providers in block.rows:
+        cells = [strategy]
+        for (_, base), provider in zip(block.columns, providers):
+            r = by_provider.get(provider) if provider else None
+            if r is None:
+                cells.append("")
+                continue
+            ratio = r["median_ms"] / by_provider[base]["median_ms"]
+            cells.append(f"{_ms(r['median_ms'])} ({ratio:.2f}×){_mb(r, True)}")
+            used.append(r)
+        lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
+    return "\n\n" + source_line(block.results, used, created) + "\n\n" + "\n".join(lines) + "\n\n"
+
+
 def render_speedup_range(name: str, block: SpeedupRange, root: Path) -> str:
     rows, _ = load_rows(root / block.results)
     speedups = [
@@ -472,6 +507,7 @@ def _pretrained_sentence(doc: dict) -> str:
 
 RENDER = {
     Table: render_table,
+    StrategyTable: render_strategy_table,
     SpeedupRange: render_speedup_range,
     DetectionDemo: render_detection_demo,
     SiameseDemo: render_siamese_demo,
