@@ -138,7 +138,7 @@ class Table:
 @dataclass(frozen=True)
 class StrategyTable:
     """One row per task-balancing strategy of a training-step benchmark (``op``): each column
-    group's provider (``columns``: ``(title, baseline provider)``; a row's ``providers`` one per
+    group's provider (``columns``: ``(title, baseline provider, its label)``; a row's ``providers`` one per
     group, ``None`` where there is none) as ``ms (N× its baseline), MB``."""
 
     results: str
@@ -178,6 +178,16 @@ class SiameseDemo:
 @dataclass(frozen=True)
 class SegmentationDemo:
     """Inline sentence with the figures of a ``fastmtl demo segmentation --results-json`` file."""
+
+    results: str
+    optional: bool = field(default=True)
+
+
+@dataclass(frozen=True)
+class MTLDemo:
+    """The table of a ``fastmtl demo mtl --results-json`` file: per weighting, the final task
+    weights, one metric per task and the multi-task gain, with a sentence comparing the learned
+    weightings with the best fixed weights."""
 
     results: str
     optional: bool = field(default=True)
@@ -270,6 +280,26 @@ BLOCKS = {
     "demo-siamese-questions": SiameseDemo(results="docs/results/demo-siamese-questions.json"),
     "demo-siamese-questions-minilm": SiameseDemo(results="docs/results/demo-siamese-questions-minilm.json"),
     "demo-segmentation": SegmentationDemo(results="docs/results/demo-segmentation.json"),
+    "bench-cpu-mtl": StrategyTable(
+        results="benchmarks/results/bench-cpu-20261126T113308Z.json",
+        op="mtl_train_step",
+        columns=(
+            ("fastmtl, representation", "fastmtl", "fixed"),
+            ("fastmtl, parameters", "fastmtl", "fixed"),
+            ("LibMTL 1.1.5", "libmtl ew", "EW"),
+        ),
+        rows=(
+            ("fixed weights (LibMTL: EW)", ("fastmtl", None, "libmtl ew")),
+            ("uncertainty", ("fastmtl uncertainty", None, "libmtl uw")),
+            ("DWA", ("fastmtl dwa", None, "libmtl dwa")),
+            ("FAMO", ("fastmtl famo", None, None)),
+            ("GradNorm", ("fastmtl gradnorm", "fastmtl gradnorm [params]", "libmtl gradnorm")),
+            ("PCGrad", ("fastmtl pcgrad", "fastmtl pcgrad [params]", "libmtl pcgrad")),
+            ("MGDA", ("fastmtl mgda", "fastmtl mgda [params]", "libmtl mgda")),
+            ("CAGrad", (None, None, "libmtl cagrad")),
+        ),
+    ),
+    "demo-mtl": MTLDemo(results="docs/results/demo-mtl.json"),
 }
 
 BASELINE = "fastmtl"
@@ -374,15 +404,15 @@ def render_table(name: str, block: Table, root: Path) -> str:
 def render_strategy_table(name: str, block: StrategyTable, root: Path) -> str:
     rows, created = load_rows(root / block.results)
     by_provider = {r["provider"]: r for r in rows if r["op"] == block.op}
-    missing = [b for _, b in block.columns if b not in by_provider]
+    missing = [b for _, b, _ in block.columns if b not in by_provider]
     if missing:
         raise ValueError(f"{name}: no {block.op} rows of {missing} in {block.results}")
-    head = ["strategy", *(f"{title}: ms (× {base}), peak MB" for title, base in block.columns)]
+    head = ["strategy", *(f"{title}: ms (× {label}), peak MB" for title, _, label in block.columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     used = []
     for strategy, providers in block.rows:
         cells = [strategy]
-        for (_, base), provider in zip(block.columns, providers):
+        for (_, base, _), provider in zip(block.columns, providers):
             r = by_provider.get(provider) if provider else None
             if r is None:
                 cells.append("")
@@ -483,6 +513,80 @@ def render_segmentation_demo(name: str, block: SegmentationDemo, root: Path) -> 
     )
 
 
+def _pm(mean, std, scale: float, digits: int, seeds: int) -> str:
+    if mean is None:
+        return ""
+    return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if seeds > 1 else "")
+
+
+_MTL_COLUMNS = (
+    ("mIoU %", "miou", 100, 1),
+    ("depth abs rel", "abs_rel", 1, 3),
+    ("presence F1 %", "f1", 100, 1),
+)
+
+
+def _mtl_row(run: dict, seeds: int) -> str:
+    weights = " / ".join(f"{w:.2f}" for w in run["weights"].values())
+    cells = [run["name"], weights]
+    for _, key, scale, digits in _MTL_COLUMNS:
+        cells.append(_pm(run["metrics"].get(key), run["std"].get(key), scale, digits, seeds))
+    if run["delta_m"] is None:
+        gain = "(reference)"
+    else:  # already in %
+        gain = f"{run['delta_m']:+.1f}" + (f" ± {run['delta_m_std']:.1f}" if seeds > 1 else "")
+    return "| " + " | ".join(cells + [gain]) + " |"
+
+
+def _mtl_verdict(runs: list, seeds: int) -> str:
+    fixed = [r for r in runs if r["kind"] == "fixed"]
+    best = max(fixed, key=lambda r: r["delta_m"])
+    learned = sorted((r for r in runs if r["kind"] == "strategy"), key=lambda r: -r["delta_m"])
+    above = [r for r in learned if r["delta_m"] > best["delta_m"]]
+    clear = [r for r in above if r["delta_m"] - r["delta_m_std"] > best["delta_m"] + best["delta_m_std"]]
+
+    def names(rs):
+        return ", ".join(f"{r['name']} ({r['delta_m']:+.1f})" for r in rs) or "none"
+
+    text = (
+        f"Best fixed weights: {best['name']} (Δm {best['delta_m']:+.1f}%). Learned weightings above it: "
+        f"{names(above)}; below it: {names([r for r in learned if r not in above])}."
+    )
+    if seeds > 1:
+        text += f" Above it by more than one standard deviation of both (over {seeds} seeds): {names(clear)}."
+    return text
+
+
+def render_mtl_demo(name: str, block: MTLDemo, root: Path) -> str:
+    doc = json.loads((root / block.results).read_text())
+    c, m, runs = doc["config"], doc["machine"], doc["runs"]
+    seeds = c["seeds"]
+    run = "Default run" if doc.get("defaults") else f"Run of `{doc['command']}`"
+    head = ["weighting", "weights seg / depth / presence", *(h for h, *_ in _MTL_COLUMNS), "Δm %"]
+    const = doc["constant"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append(
+        "| constant prediction | | "
+        + " | ".join(_pm(const[k], 0, s, d, 1) for _, k, s, d in _MTL_COLUMNS)
+        + " | |"
+    )
+    lines += [_mtl_row(r, seeds) for r in runs]
+    spread = f", mean ± standard deviation over {seeds} seeds" if seeds > 1 else ", one seed"
+    intro = (
+        f"{run} ({c['steps']} steps, {c['image_size']} px, batch {c['batch_size']}, {c['encoder']} "
+        f"encoder{spread}): {_duration(doc['seconds'])} on {m['device_name']} {_provenance(block, doc)}."
+    )
+    return (
+        "\n\n"
+        + textwrap.fill(intro, 100, break_on_hyphens=False)
+        + "\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + textwrap.fill(_mtl_verdict(runs, seeds), 100, break_on_hyphens=False)
+        + "\n\n"
+    )
+
+
 def _pretrained_sentence(doc: dict) -> str:
     """The no-training figures of the run (MAC / R-MAC of MobileNetV2, or the pretrained MiniLM),
     when it had the pretrained baselines."""
@@ -512,6 +616,7 @@ RENDER = {
     DetectionDemo: render_detection_demo,
     SiameseDemo: render_siamese_demo,
     SegmentationDemo: render_segmentation_demo,
+    MTLDemo: render_mtl_demo,
 }
 
 
@@ -569,7 +674,7 @@ def render(text: str, root: Path = ROOT, blocks: Optional[dict] = None) -> tuple
             notes.append(f"{name}: {block.results} is not there; block left as it is")
             return m[0]
         body = RENDER[type(block)](name, block, root)
-        if not isinstance(block, Table):  # an inline block, within a paragraph: wrap it in place
+        if not isinstance(block, (Table, StrategyTable, MTLDemo)):  # inline, within a paragraph: wrap it
             line_start = text[text.rfind("\n", 0, m.start()) + 1 : m.start("body")]
             body = _wrap_inline(body, line_start)
         return m["begin"] + body + m["end"]
