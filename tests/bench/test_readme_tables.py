@@ -152,3 +152,42 @@ def test_demo_figures_come_from_the_json_the_demo_writes(tmp_path):
     )
     flat = " ".join(rt.render(text, tmp_path, blocks)[0].split())
     assert "Run of `fastmtl demo detection --steps 50` (50 steps, 128 px, one thread): 20 s on" in flat
+
+
+def _mtl_run(name, kind, delta, std):
+    metrics = {"miou": 0.4, "abs_rel": 0.2, "f1": 0.5}
+    return {
+        "name": name, "kind": kind, "weights": {"seg": 0.5, "depth": 0.25, "present": 0.25},
+        "metrics": metrics, "std": dict.fromkeys(metrics, 0.01), "delta_m": delta, "delta_m_std": std,
+    }  # fmt: skip
+
+
+def test_mtl_demo_table_and_verdict(tmp_path):
+    doc = {
+        "command": "fastmtl demo mtl --seeds 3", "defaults": False,
+        "created_utc": "2026-11-26T12:00:00+00:00", "seconds": 600.0,
+        "constant": {"miou": 0.2, "abs_rel": 0.4, "f1": 0.3},
+        "config": {"steps": 250, "image_size": 64, "batch_size": 8, "encoder": "mobilenet_v2", "seeds": 3},
+        "machine": {"device_name": "AMD EPYC", "torch": "2.14.1", "git_rev": "abc1234"},
+        "runs": [
+            _mtl_run("seg only", "single", None, None),
+            _mtl_run("fixed a", "fixed", 2.0, 1.0),
+            _mtl_run("fixed b", "fixed", 4.0, 1.0),
+            _mtl_run("learned clear", "strategy", 9.0, 1.0),
+            _mtl_run("learned close", "strategy", 5.0, 2.0),
+            _mtl_run("learned worse", "strategy", -3.0, 1.0),
+        ],
+    }  # fmt: skip
+    path = tmp_path / "docs/results/demo-mtl.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(doc))
+    body = rt.render_mtl_demo("demo-mtl", rt.MTLDemo(results="docs/results/demo-mtl.json"), tmp_path)
+    flat = " ".join(body.split())
+    assert (
+        "| learned clear | 0.50 / 0.25 / 0.25 | 40.0 ± 1.0 | 0.200 ± 0.010 | 50.0 ± 1.0 | +9.0 ± 1.0 |"
+        in body
+    )
+    assert "| seg only | 0.50 / 0.25 / 0.25 | 40.0 ± 1.0 | 0.200 ± 0.010 | 50.0 ± 1.0 | (reference) |" in body
+    assert "Best fixed weights: fixed b (Δm +4.0%)." in flat
+    assert "above it: learned clear (+9.0), learned close (+5.0); below it: learned worse (-3.0)." in flat
+    assert "more than one standard deviation of both (over 3 seeds): learned clear (+9.0)." in flat
