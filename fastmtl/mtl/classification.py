@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastmtl.mtl.architectures import HardSharing
+
 __all__ = ["MultiOutputClassifier"]
 
 POOLS = ("avg", "max")
@@ -31,7 +33,11 @@ def _feature_count(encoder: nn.Module, sample: Tensor) -> int:
     return out.shape[1]
 
 
-class MultiOutputClassifier(nn.Module):
+def _head(in_features: int, classes: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, classes))
+
+
+class MultiOutputClassifier(HardSharing):
     """``MultiOutputClassifier(encoder, {"kind": 5, "colour": 3}, in_features=None, sample=None,
     pool="avg", dropout=0.0)(images)`` -> ``{label_type: logits [N, num_classes]}``.
 
@@ -56,7 +62,6 @@ class MultiOutputClassifier(nn.Module):
         pool: str = "avg",
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
         if not num_classes or not all(isinstance(k, str) for k in num_classes):
             raise ValueError(f"num_classes must map label types to class counts, got {num_classes!r}")
         bad = {k: v for k, v in num_classes.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
@@ -73,10 +78,8 @@ class MultiOutputClassifier(nn.Module):
             in_features = _feature_count(encoder, sample)
         if not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"in_features must be an int >= 1, got {in_features!r}")
-        self.encoder, self.pool, self.in_features = encoder, pool, in_features
-        self.heads = nn.ModuleDict(
-            {k: nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, n)) for k, n in num_classes.items()}
-        )
+        super().__init__(encoder, {k: _head(in_features, n, dropout) for k, n in num_classes.items()})
+        self.pool, self.in_features = pool, in_features
 
     def shared(self, images: Tensor) -> Tensor:
         z = self.encoder(images)
@@ -85,17 +88,3 @@ class MultiOutputClassifier(nn.Module):
         if z.dim() != 2 or z.shape[1] != self.in_features:
             raise ValueError(f"encoder gave {list(z.shape)}, expected [N, {self.in_features}(, H, W)]")
         return z
-
-    def heads_forward(self, z: Tensor) -> dict:
-        return {k: head(z) for k, head in self.heads.items()}
-
-    def shared_parameters(self) -> list:
-        """The encoder's trainable parameters (parameter-space gradient balancing's)."""
-        return [p for p in self.encoder.parameters() if p.requires_grad]
-
-    def forward(self, images: Tensor, representation: bool = False):
-        z = self.shared(images)
-        if not representation:
-            return self.heads_forward(z)
-        zd = z.detach().requires_grad_()  # the heads run on a leaf copy, as HardSharing's do
-        return self.heads_forward(zd), z, zd

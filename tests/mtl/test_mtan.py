@@ -8,27 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmtl.mtl.mtan import MTAN
+from tests.mtl._stages import heads, mobilenet_stages, small_stages
 
 
 def _small_stages():
-    return [
-        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
-        nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()),
-    ]
-
-
-def _mobilenet_stages():
-    from torchvision.models import mobilenet_v2
-
-    features = mobilenet_v2().features
-    return [features[:4], features[4:7]]  # strides 4 and 8, 24 and 32 channels
-
-
-def _heads(channels):
-    return {
-        "seg": nn.Conv2d(channels, 5, 1),
-        "cls": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3)),
-    }
+    return small_stages(16, stride=2, batchnorm=True)
 
 
 def _randomize_bn(net, gen):
@@ -49,9 +33,9 @@ def _mask_by_hand(g, x):
     return torch.sigmoid(bn(bn2, F.conv2d(torch.relu(bn(bn1, F.conv2d(x, conv1.weight))), conv2.weight)))
 
 
-@pytest.mark.parametrize("stages, channels", [(_small_stages, [8, 16]), (_mobilenet_stages, [24, 32])])
+@pytest.mark.parametrize("stages, channels", [(_small_stages, [8, 16]), (mobilenet_stages, [24, 32])])
 def test_shapes_and_gradients_with_two_backbones(stages, channels, gen):
-    net = MTAN(stages(), _heads(channels[-1]))
+    net = MTAN(stages(), heads(channels[-1]))
     assert net.channels == channels
     x = torch.randn(2, 3, 35, 29, generator=gen)  # odd sizes
     out, masks = net(x, return_masks=True)
@@ -65,7 +49,7 @@ def test_shapes_and_gradients_with_two_backbones(stages, channels, gen):
 
 
 def test_masks_by_hand(gen):
-    net = MTAN(_small_stages(), _heads(16))
+    net = MTAN(_small_stages(), heads(16))
     _randomize_bn(net, gen)
     net.eval()
     x = torch.randn(2, 3, 13, 11, generator=gen)
@@ -98,8 +82,8 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="heads"):
         MTAN(_small_stages(), {})
     with pytest.raises(ValueError, match="stages"):
-        MTAN([], _heads(8))
+        MTAN([], heads(8))
     with pytest.raises(ValueError, match="stages"):
-        MTAN([nn.Flatten()], _heads(8))  # not a feature map
+        MTAN([nn.Flatten()], heads(8))  # not a feature map
     with pytest.raises(ValueError, match="sample"):
-        MTAN(_small_stages(), _heads(16), sample=torch.zeros(3, 8, 8))
+        MTAN(_small_stages(), heads(16), sample=torch.zeros(3, 8, 8))

@@ -9,27 +9,11 @@ import torch
 from torch import nn
 
 from fastmtl.mtl.soft_sharing import SoftSharing
+from tests.mtl._stages import heads, mobilenet_stages, small_stages
 
 
 def _small_stages():
-    return [
-        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
-        nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()),
-    ]
-
-
-def _mobilenet_stages():
-    from torchvision.models import mobilenet_v2
-
-    features = mobilenet_v2().features
-    return [features[:4], features[4:7]]  # strides 4 and 8, 24 and 32 channels
-
-
-def _heads(channels):
-    return {
-        "seg": nn.Conv2d(channels, 5, 1),
-        "cls": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3)),
-    }
+    return small_stages(8, stride=2, batchnorm=True)
 
 
 def _alone(net, i, x):
@@ -39,9 +23,9 @@ def _alone(net, i, x):
 
 
 @pytest.mark.parametrize("tie, per", [("combination", "stage"), ("combination", "tensor"), ("l2", "stage")])
-@pytest.mark.parametrize("stages, channels", [(_small_stages, 8), (_mobilenet_stages, 32)])
+@pytest.mark.parametrize("stages, channels", [(_small_stages, 8), (mobilenet_stages, 32)])
 def test_shapes_and_gradients_with_two_encoders(stages, channels, tie, per, gen):
-    net = SoftSharing(stages, _heads(channels), tie=tie, per=per, self_weight=0.8)
+    net = SoftSharing(stages, heads(channels), tie=tie, per=per, self_weight=0.8)
     with torch.no_grad():  # BN biases start at 0 in every task: their mixing weights would get 0
         for p in net.columns.parameters():
             p.add_(torch.randn(p.shape, generator=gen), alpha=0.01)
@@ -57,7 +41,7 @@ def test_shapes_and_gradients_with_two_encoders(stages, channels, tie, per, gen)
 
 
 def test_identity_combination_is_independent_networks(gen):
-    net = SoftSharing(_small_stages, _heads(8), per="tensor").eval()
+    net = SoftSharing(_small_stages, heads(8), per="tensor").eval()
     torch.testing.assert_close(net.combinations[0][0].data, torch.eye(2))
     x = torch.randn(2, 3, 16, 16, generator=gen)
     out = net(x)
@@ -109,17 +93,17 @@ def test_l2_penalty_by_hand(gen):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="tie"):
-        SoftSharing(_small_stages, _heads(8), tie="mean")
+        SoftSharing(_small_stages, heads(8), tie="mean")
     with pytest.raises(ValueError, match="per"):
-        SoftSharing(_small_stages, _heads(8), per="layer")
+        SoftSharing(_small_stages, heads(8), per="layer")
     with pytest.raises(ValueError, match="self_weight"):
-        SoftSharing(_small_stages, _heads(8), self_weight=1.5)
+        SoftSharing(_small_stages, heads(8), self_weight=1.5)
     with pytest.raises(ValueError, match="l2_weight"):
-        SoftSharing(_small_stages, _heads(8), tie="l2", l2_weight=-1.0)
+        SoftSharing(_small_stages, heads(8), tie="l2", l2_weight=-1.0)
     with pytest.raises(ValueError, match="heads"):
         SoftSharing(_small_stages, {})
     with pytest.raises(ValueError, match="make_stages"):
-        SoftSharing(list, _heads(8))
+        SoftSharing(list, heads(8))
     widths = iter([8, 4])
     with pytest.raises(ValueError, match="make_stages"):
-        SoftSharing(lambda: [nn.Conv2d(3, next(widths), 1)], _heads(8))
+        SoftSharing(lambda: [nn.Conv2d(3, next(widths), 1)], heads(8))
