@@ -54,6 +54,8 @@ peers: $(VENV)/.deps
 	$(PIP) install -q sentence-transformers==6.2.0
 	# LibMTL 1.1.5, the multi-task benchmark's peer (imports scipy without declaring it).
 	$(PIP) install -q --no-deps LibMTL==1.1.5 scipy
+	# TensorBoard, which the multi-task trainer logs to when it is installed.
+	$(PIP) install -q tensorboard
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	PATH="$(CCACHE_PATH)$$PATH" MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation -e .

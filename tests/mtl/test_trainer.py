@@ -302,3 +302,17 @@ def test_history_logs_the_shared_gradients_coefficients(seed):
     torch.testing.assert_close(out["shared_weights"], mgda_weights(g))
     torch.testing.assert_close(out["weights"], torch.ones(2, dtype=torch.float64))
     torch.testing.assert_close(trainer.history()["weights"][0], mgda_weights(g).float())
+
+
+def test_tensorboard_scalars_when_installed(seed, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x, y = _toy.data(8, seed)
+    trainer = _trainer(seed, "dwa", "none")
+    history = trainer.fit(x, y, steps=6, batch_size=4, progress=False, log_every=3, log_dir=str(tmp_path))
+    runs = {p.parent.name: p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
+    assert {"weight_seg", "weight_reg", "loss_seg", "loss_reg"} <= set(runs)
+    events = EventAccumulator(str(runs["weight_reg"])).Reload().Scalars("weight")
+    assert [e.step for e in events] == [3, 6]
+    torch.testing.assert_close(torch.tensor([e.value for e in events]), history["weights"][[2, 5], 1])
