@@ -33,6 +33,7 @@ class TrainingLoop:
         self._pos = 0
         self._weights_log: list = []
         self._losses_log: list = []
+        self.metrics_log: list = []  # {"step": n, task: value, ...} per evaluation during fit
 
     def record(self, weights: Tensor, losses: Tensor) -> None:
         self._weights_log.append(weights)
@@ -45,7 +46,7 @@ class TrainingLoop:
         empty = torch.empty(0, t)
         w = torch.stack(self._weights_log).float().cpu() if self._weights_log else empty
         losses = torch.stack(self._losses_log).float().cpu() if self._losses_log else empty
-        return {"weights": w, "losses": losses}
+        return {"weights": w, "losses": losses, "metrics": list(self.metrics_log)}
 
     def epoch_end(self) -> None:
         """Closes an epoch: DWA's statistics. ``fit`` calls it at each pass over the data."""
@@ -76,11 +77,16 @@ class TrainingLoop:
         checkpoint: str | None = None,
         checkpoint_every: int = 0,
         epoch_callback=None,
+        val: tuple | None = None,
+        metric_fns: dict | None = None,
+        eval_every: int = 0,
     ) -> dict:
         """Trains until ``step_count == steps`` on batches of ``batch_size`` (the global batch: each
         of W data-parallel ranks takes its 1/W) drawn from ``inputs`` ``[N, ...]`` and ``targets``
         ``{task: [N, ...]}``; ``scheduler.step()`` after each step; ``epoch_callback(trainer)``
-        after each pass (e.g. DTP's ``update_kpis``). Returns :meth:`history`."""
+        after each pass (e.g. DTP's ``update_kpis``); every ``eval_every`` steps, the per-task
+        metrics on ``val = (inputs, targets)`` (:meth:`evaluate`) go to ``metrics_log``, the
+        progress bar and TensorBoard. Returns :meth:`history`."""
         from tqdm.auto import tqdm
 
         if not 0 < batch_size <= len(inputs):
@@ -106,6 +112,8 @@ class TrainingLoop:
             bar.update(1)
             if log_every and self.step_count % log_every == 0:
                 self._log(out, bar, writer)
+            if val is not None and eval_every and self.step_count % eval_every == 0:
+                self._log_metrics(self.evaluate(*val, metric_fns), bar, writer)
             if checkpoint and checkpoint_every and self.step_count % checkpoint_every == 0:
                 self.save(checkpoint)
         bar.close()
@@ -132,6 +140,35 @@ class TrainingLoop:
         if writer is not None:
             writer.add_scalars("loss", dict(zip(self.tasks, losses)), self.step_count)
             writer.add_scalars("weight", dict(zip(self.tasks, weights)), self.step_count)
+
+    @torch.no_grad()
+    def evaluate(
+        self, inputs: Tensor, targets: dict, metric_fns: dict | None = None, batch_size: int = 64
+    ) -> dict:
+        """``{task: float}``: ``metric_fns[task](output, target)`` (a scalar mean; default: the task
+        losses) over ``inputs`` in eval mode, batch by batch weighted by batch size; one host copy."""
+        fns = metric_fns or self.loss_fns
+        if not set(fns) <= set(self.tasks) or not set(fns) <= set(targets):
+            raise ValueError(
+                f"metric_fns must name tasks of {self.tasks} that targets has, got {sorted(fns)}"
+            )
+        training = self.module.training
+        self.module.eval()
+        total = None
+        for i in range(0, len(inputs), batch_size):
+            x = inputs[i : i + batch_size].to(self.device)
+            with self._autocast():
+                out = self.module(x)
+            values = [fns[t](out[t], targets[t][i : i + batch_size].to(self.device)).double() for t in fns]
+            total = torch.stack(values) * len(x) + (0 if total is None else total)
+        self.module.train(training)
+        return dict(zip(fns, (total / len(inputs)).tolist()))
+
+    def _log_metrics(self, metrics: dict, bar, writer) -> None:
+        self.metrics_log.append({"step": self.step_count, **metrics})
+        bar.set_postfix({f"val {t}": f"{v:.3g}" for t, v in metrics.items()})
+        if writer is not None:
+            writer.add_scalars("val", metrics, self.step_count)
 
     def plot_weights(self, path) -> Path:
         """A PNG of each task's weight over the steps."""
@@ -164,6 +201,7 @@ class TrainingLoop:
                 "torch_rng": torch.get_rng_state(),
                 "weights": history["weights"],
                 "losses": history["losses"],
+                "metrics": list(self.metrics_log),
             },
         }
 
@@ -182,6 +220,7 @@ class TrainingLoop:
         torch.set_rng_state(loop["torch_rng"].cpu())
         self._weights_log = list(loop["weights"].to(self.device).unbind(0))
         self._losses_log = list(loop["losses"].to(self.device).unbind(0))
+        self.metrics_log = list(loop["metrics"])
 
     def save(self, path) -> None:
         """Writes a checkpoint (rank 0 only; written to a temporary file, then renamed)."""

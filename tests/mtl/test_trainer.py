@@ -316,3 +316,25 @@ def test_tensorboard_scalars_when_installed(seed, tmp_path):
     events = EventAccumulator(str(runs["weight_reg"])).Reload().Scalars("weight")
     assert [e.step for e in events] == [3, 6]
     torch.testing.assert_close(torch.tensor([e.value for e in events]), history["weights"][[2, 5], 1])
+
+
+def test_evaluate_and_metrics_during_fit(seed, tmp_path):
+    x, y = _toy.data(10, seed)
+    val = _toy.data(7, seed + 1)
+    trainer = _trainer(seed, "dwa", "none")
+    accuracy = {"seg": lambda out, t: (out.argmax(1) == t).float().mean()}
+    trainer.fit(x, y, steps=4, batch_size=5, progress=False, val=val, metric_fns=accuracy, eval_every=2)
+    assert [m["step"] for m in trainer.metrics_log] == [2, 4]
+    model = trainer.module.eval()
+    with torch.no_grad():
+        expected = (model(val[0])["seg"].argmax(1) == val[1]["seg"]).double().mean().item()
+        losses = {t: _toy.LOSS_FNS[t](model(val[0])[t], val[1][t]).item() for t in _toy.TASKS}
+    assert trainer.metrics_log[-1]["seg"] == pytest.approx(expected)
+    got = trainer.evaluate(*val, batch_size=3)  # the losses by default, in batches of 3, 3, 1
+    assert got == pytest.approx(losses) and trainer.module.training is False  # eval mode kept as found
+    trainer.save(tmp_path / "c.pt")
+    resumed = _trainer(seed, "dwa", "none")
+    resumed.load(tmp_path / "c.pt")
+    assert resumed.history()["metrics"] == trainer.metrics_log
+    with pytest.raises(ValueError, match="metric_fns"):
+        trainer.evaluate(*val, {"depth": accuracy["seg"]})
