@@ -126,8 +126,16 @@ def test_gradnorm_step_equals_the_hand_computation():
     rate = ratio / ratio.mean()
     g = torch.tensor([1.0, 3.0])  # w = 1
     target = g.mean() * rate
-    new = torch.ones(2) - 0.1 * torch.sign(g - target) * norms
-    torch.testing.assert_close(w.w.data, 2 * new / new.sum())
+    # Adam's first step is lr times the gradient's sign: the gradient is sign(g - target) * norms
+    new = torch.ones(2) - 0.1 * torch.sign(g - target)
+    first = 2 * new / new.sum()
+    torch.testing.assert_close(w.w.data, first)
+    w.step(norms, _losses(a=1.0, b=3.0))  # the second, from Adam's moments
+    grads = torch.sign(g - target) * norms, torch.sign(first * norms - (first * norms).mean() * rate) * norms
+    m = 0.9 * 0.1 * grads[0] + 0.1 * grads[1]
+    v = 0.999 * 0.001 * grads[0] ** 2 + 0.001 * grads[1] ** 2
+    second = first - 0.1 / (1 - 0.9**2) * m / ((v / (1 - 0.999**2)).sqrt() + 1e-8)
+    torch.testing.assert_close(w.w.data, 2 * second / second.sum())
 
 
 def test_gradnorm_equalizes_gradient_norms(gen):

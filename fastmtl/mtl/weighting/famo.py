@@ -27,10 +27,10 @@ import math
 import torch
 from torch import Tensor
 
+from fastmtl.mtl.weighting.adam import adam_update
 from fastmtl.mtl.weighting.base import Weighting
 
 _EPS = 1e-8  # the floor of D_t = L_t - b_t
-_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the paper's code uses
 
 
 class FAMO(Weighting):
@@ -102,14 +102,9 @@ class FAMO(Weighting):
         self._pending = False
 
     def _adam_step(self, grad: Tensor) -> None:
-        # torch.optim.Adam's update on tensors (bias corrections from the step tensor: no sync);
-        # out of place, so an earlier state_dict() stays a snapshot
-        b1, b2 = _BETAS
-        self.steps = self.steps + 1
-        self.exp_avg = self.exp_avg.lerp(grad, 1 - b1)
-        self.exp_avg_sq = self.exp_avg_sq.mul(b2).addcmul(grad, grad, value=1 - b2)
-        denom = self.exp_avg_sq.sqrt() / (1 - b2**self.steps).sqrt() + _ADAM_EPS
-        self.logits = self.logits - self.lr / (1 - b1**self.steps) * self.exp_avg / denom
+        self.logits, self.exp_avg, self.exp_avg_sq, self.steps = adam_update(
+            self.logits, grad, self.exp_avg, self.exp_avg_sq, self.steps, self.lr
+        )
 
     def get_extra_state(self) -> dict:
         return {"pending": self._pending}

@@ -5,7 +5,9 @@ Learned weights w_t (summing to T) make each task's weighted gradient norm ``G_t
 track ``mean(G) * r_t^alpha``, where ``r_t`` is the task's relative inverse training rate
 ``(L_t / L_t(0)) / mean_n(L_n / L_n(0))``: a task that trains slower gets a larger gradient.
 The weights step on ``L_grad = sum_t |G_t - target_t|`` with the target held constant, whose
-gradient is ``sign(G_t - target_t) |g_t|``, then are renormalized to sum to T. Here ``g_t`` is
+gradient is ``sign(G_t - target_t) |g_t|``, by Adam (as the paper steps them with the network's
+optimizer: the step then does not shrink with the gradient norms' scale, which at a shared
+representation can be 1e-4), then are renormalized to sum to T. Here ``g_t`` is
 the task's gradient at the shared representation (:func:`fastmtl.mtl.representation_backward`)
 or, in the paper's form, at the last shared layer's weights: pass whichever norms you take.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fastmtl.mtl.weighting.adam import adam_update
 from fastmtl.mtl.weighting.base import Weighting
 
 
@@ -28,6 +31,9 @@ class GradNorm(Weighting):
             raise ValueError(f"need alpha >= 0 and lr > 0, got {alpha}, {lr}")
         self.alpha, self.lr = alpha, lr
         self.w = nn.Parameter(torch.ones(len(self.tasks)), requires_grad=False)  # stepped by step()
+        self.register_buffer("exp_avg", torch.zeros(len(self.tasks)))  # Adam's moments of w's gradient
+        self.register_buffer("exp_avg_sq", torch.zeros(len(self.tasks)))
+        self.register_buffer("steps", torch.zeros(()))
         self.initial: Tensor | None = None
 
     def forward(self, losses: dict) -> Tensor:
@@ -50,7 +56,10 @@ class GradNorm(Weighting):
         g = self.w * n
         target = g.mean() * rate**self.alpha
         l_grad = (g - target).abs().sum()
-        self.w.sub_(self.lr * torch.sign(g - target) * n)
+        w, self.exp_avg, self.exp_avg_sq, self.steps = adam_update(
+            self.w, torch.sign(g - target) * n, self.exp_avg, self.exp_avg_sq, self.steps, self.lr
+        )
+        self.w.copy_(w)
         self.w.clamp_(min=1e-6)
         self.w.mul_(len(self.tasks) / self.w.sum())
         return l_grad
