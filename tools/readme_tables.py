@@ -552,8 +552,16 @@ def _mtl_verdict(runs: list, seeds: int) -> str:
         f"Best fixed weights: {best['name']} (Δm {best['delta_m']:+.1f}%). Learned weightings above it: "
         f"{names(above)}; below it: {names([r for r in learned if r not in above])}."
     )
-    if seeds > 1:
-        text += f" Above it by more than one standard deviation of both (over {seeds} seeds): {names(clear)}."
+    if seeds > 1 and clear:
+        text += (
+            f" Above it by more than one standard deviation of both (over {seeds} seeds): {names(clear)}: "
+            "these beat the best fixed weights here."
+        )
+    elif seeds > 1:
+        text += (
+            f" None is above it by more than one standard deviation of both (over {seeds} seeds): here the "
+            "learned weightings do not clearly beat the best fixed weights."
+        )
     return text
 
 
