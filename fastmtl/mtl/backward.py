@@ -19,7 +19,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastmtl.mtl.gradients import METHODS, _gram, combination_weights
+from fastmtl.mtl.gradients import METHODS, combination_weights, gram_matrix
+
+
+def representation_grads(values: list, zd: Tensor) -> Tensor:
+    """Each loss's gradient at the leaf ``zd``, through its head only, flattened: ``[T, N]``."""
+    return torch.stack([torch.autograd.grad(v, zd, retain_graph=True)[0].flatten() for v in values])
 
 
 def representation_backward(
@@ -36,10 +41,8 @@ def representation_backward(
     if not losses:
         raise ValueError("losses must name at least one task")
     values = list(losses.values())
-    grads = torch.stack(
-        [torch.autograd.grad(v, zd, retain_graph=True)[0].flatten() for v in values]
-    )  # each task's gradient at z, through its head only
-    weights = combination_weights(_gram(grads, method), method, generator).to(grads.dtype)
+    grads = representation_grads(values, zd)
+    weights = combination_weights(gram_matrix(grads, method), method, generator).to(grads.dtype)
     combined = weights @ grads
     torch.stack(values).sum().backward()  # the heads' own gradients (zd's, a throwaway leaf, too)
     z.backward(combined.view_as(z))

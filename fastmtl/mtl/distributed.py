@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fastmtl.mtl.gradients import gram_matrix
+
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -52,8 +54,7 @@ def global_losses(losses: dict) -> dict:
 def representation_gram(grads: Tensor) -> Tensor:
     """The Gram matrix ``[T, T]`` (float64) of the global per-task representation gradients, from
     this rank's block ``grads`` ``[T, N]`` of the local mean loss."""
-    g = grads if grads.dtype == torch.float64 else grads.float()
-    gram = (g @ g.T).double()
+    gram = gram_matrix(grads).double()
     if active():
         dist.all_reduce(gram)
         gram = gram / world_size() ** 2

@@ -49,8 +49,9 @@ def _check_gram(gram: Tensor) -> None:
         )
 
 
-def _gram(grads: Tensor, method: str) -> Tensor:
-    """``grads @ grads.T``: in float64 for MGDA (its KKT solves want it), else at least float32."""
+def gram_matrix(grads: Tensor, method: str = "pcgrad") -> Tensor:
+    """``grads @ grads.T`` for :func:`combination_weights`: in float64 for MGDA (its KKT solves
+    want it), else at least float32 (for "sum", which reads only the shape, zeros)."""
     if method == "sum":  # reads only the shape: skip the products
         return grads.new_zeros(grads.shape[0], grads.shape[0])
     dtype = torch.float64 if method == "mgda" else torch.promote_types(grads.dtype, torch.float32)
@@ -167,7 +168,7 @@ def combination_weights(gram: Tensor, method: str, generator: torch.Generator | 
 def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """The PCGrad update ``[N]`` from per-task gradients ``[T, N]``."""
     _check(grads)
-    return _combination(_gram(grads, "pcgrad"), "pcgrad", generator, _FW_STEPS).to(grads.dtype) @ grads
+    return _combination(gram_matrix(grads, "pcgrad"), "pcgrad", generator, _FW_STEPS).to(grads.dtype) @ grads
 
 
 def mgda_weights(grads: Tensor, steps: int = _FW_STEPS) -> Tensor:
@@ -176,4 +177,4 @@ def mgda_weights(grads: Tensor, steps: int = _FW_STEPS) -> Tensor:
     _check(grads)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return _combination(_gram(grads, "mgda"), "mgda", None, steps).to(grads.dtype)
+    return _combination(gram_matrix(grads, "mgda"), "mgda", None, steps).to(grads.dtype)

@@ -32,13 +32,13 @@ same weights as one process would on the whole batch (:mod:`fastmtl.mtl.distribu
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
+from fastmtl.amp import autocast
 from fastmtl.mtl import distributed as ddp
-from fastmtl.mtl.gradients import combination_weights
+from fastmtl.mtl.backward import representation_grads
+from fastmtl.mtl.gradients import combination_weights, gram_matrix
 from fastmtl.mtl.trainer_loop import TrainingLoop
 from fastmtl.mtl.weighting import FAMO, GradNorm, Weighting
 
@@ -85,9 +85,8 @@ class MTLTrainer(TrainingLoop):
         self.shared = self._shared_parameters(model) if self.needs_grads and space == "parameters" else []
         self.gradnorm_params = list(gradnorm_params or [])
         self.net = self._wrap(model, ddp_kwargs)
-        kind = self.device.type
-        self.amp_dtype = (torch.bfloat16 if kind == "cpu" else torch.float16) if amp else None
-        self.scaler = torch.amp.GradScaler(kind, enabled=amp and kind == "cuda")
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp and self.device.type == "cuda")
         self.order_gen = torch.Generator().manual_seed(seed)  # PCGrad's task order: same on every rank
         super().__init__(seed)
 
@@ -108,9 +107,7 @@ class MTLTrainer(TrainingLoop):
         return DistributedDataParallel(model, **kwargs)
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp)
 
     def losses(self, x: Tensor, targets: dict, representation: bool = False) -> tuple:
         """``({task: float32 (or float64) loss}, z, zd)``: the model's losses on ``x`` (z and zd with
@@ -169,9 +166,7 @@ class MTLTrainer(TrainingLoop):
 
     def _balanced_backward(self, losses: dict, total: Tensor, z: Tensor, zd: Tensor) -> Tensor:
         scale = self._scale(z)
-        gz = torch.stack(
-            [torch.autograd.grad(losses[t] * scale, zd, retain_graph=True)[0].flatten() for t in self.tasks]
-        )  # each task's (scaled) gradient at z, through its head only
+        gz = representation_grads([losses[t] * scale for t in self.tasks], zd)  # of the scaled losses
         grads, gram = self._task_grads(z, gz)
         w = self.weighting.weights.to(gram)
         if isinstance(self.weighting, GradNorm):
@@ -193,7 +188,7 @@ class MTLTrainer(TrainingLoop):
             return None, ddp.representation_gram(gz)
         rows = [self._flat_grad(z, g.view_as(z), self.shared) for g in gz]
         grads = ddp.mean(torch.stack(rows))
-        return grads, (grads @ grads.T).double()
+        return grads, gram_matrix(grads).double()
 
     @staticmethod
     def _flat_grad(z: Tensor, grad_z: Tensor, params: list) -> Tensor:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastmtl.amp import autocast
 from fastmtl.data.composite import CompositeConfig
 from fastmtl.data.scenes import SceneDataset
 from fastmtl.metrics.segmentation import ConfusionMatrix
@@ -296,8 +297,7 @@ def _plan(config: MTLConfig) -> list:
 
 
 def _autocast(config: MTLConfig):
-    kind = torch.device(config.device).type
-    return torch.autocast(kind, dtype=torch.bfloat16 if kind == "cpu" else torch.float16, enabled=config.amp)
+    return autocast(config.device, config.amp)
 
 
 @torch.no_grad()

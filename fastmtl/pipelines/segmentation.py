@@ -14,13 +14,13 @@ uses that memory format for the model and the images.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from fastmtl.amp import autocast
 from fastmtl.data.composite import CompositeConfig
 from fastmtl.data.scenes import SceneDataset
 from fastmtl.losses.segmentation import SegmentationLoss
@@ -82,10 +82,7 @@ def _stack(dataset: SceneDataset) -> tuple:
 
 
 def _autocast(config: SegmentationConfig):
-    if not config.amp:
-        return contextlib.nullcontext()
-    kind = torch.device(config.device).type
-    return torch.autocast(kind, dtype=torch.bfloat16 if kind == "cpu" else torch.float16)
+    return autocast(config.device, config.amp)
 
 
 def _figures(matrix: ConfusionMatrix) -> dict:
